@@ -1,0 +1,13 @@
+"""Scalable model families. Importing this package registers every built-in family."""
+
+from scalesearch.families import efficientnet as _efficientnet  # noqa: F401  (registers "efficientnet")
+from scalesearch.families.base import (
+    Family,
+    ModelSpec,
+    StageInfo,
+    available_families,
+    get_family,
+    register_family,
+)
+
+__all__ = ["Family", "ModelSpec", "StageInfo", "available_families", "get_family", "register_family"]

@@ -1,0 +1,93 @@
+"""What every scalable model family provides, and the registry that finds a family by name."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from torch import nn
+
+from scalesearch.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One concrete variant of a family: everything needed to build it."""
+
+    width_mult: float = 1.0  # channels (CNN) or embedding dim (ViT) multiplier
+    depth_mult: float = 1.0  # blocks per stage (CNN) or encoder layers (ViT) multiplier
+    resolution: int = 224  # input image side in pixels
+    num_classes: int = 1000  # classifier outputs; the published counts are for ImageNet's 1000
+    in_channels: int = 3  # image channels: 3 for RGB, 1 for grayscale data such as digits
+    dropout: float = 0.2  # dropout before the classifier (EfficientNet B0 uses 0.2)
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """One stage of a built variant, as reported in family tables."""
+
+    name: str
+    channels: int
+    repeats: int
+
+
+class Family(ABC):
+    """A base architecture described as data, which builds scaled variants.
+
+    Subclasses parse and validate their `architecture` mapping (from a search-space YAML) in
+    __init__, raising UserError for bad values, so a bad file fails before any model is built.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, architecture: Mapping[str, Any]) -> None:
+        self.architecture = dict(architecture)
+
+    @abstractmethod
+    def build(self, spec: ModelSpec) -> nn.Module:
+        """A freshly initialized torch module for `spec`."""
+
+    @abstractmethod
+    def stages(self, spec: ModelSpec) -> list[StageInfo]:
+        """The channels and repeats of each stage of `spec`, without building it."""
+
+    def total_blocks(self, spec: ModelSpec) -> int:
+        """Blocks in the scalable stages (stem and head excluded): the realized depth."""
+        return sum(s.repeats for s in self.stages(spec) if s.name not in ("stem", "head"))
+
+    def total_channels(self, spec: ModelSpec) -> int:
+        """Summed channels of the scalable stages: the realized width."""
+        return sum(s.channels for s in self.stages(spec) if s.name not in ("stem", "head"))
+
+
+FamilyType = TypeVar("FamilyType", bound=type[Family])
+_REGISTRY: dict[str, type[Family]] = {}
+
+
+def register_family(name: str) -> Callable[[FamilyType], FamilyType]:
+    """Class decorator adding a family under `name`; refuses to overwrite an existing one silently."""
+
+    def decorator(cls: FamilyType) -> FamilyType:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"family {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def get_family(name: str) -> type[Family]:
+    """The family class registered under `name`; UserError listing the known ones otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise UserError(f"unknown model family {name!r} (known: {known})") from None
+
+
+def available_families() -> list[str]:
+    """Names of all registered families, sorted."""
+    return sorted(_REGISTRY)

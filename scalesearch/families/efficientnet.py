@@ -1,0 +1,268 @@
+"""EfficientNet (Tan & Le, 2019): MBConv blocks with squeeze-excitation, scaled by width and depth.
+
+The base stages come from a search-space YAML (`search_spaces/efficientnet_b0.yaml`), so the same
+code builds B0..B7 and any proxy. Layer for layer it matches the official TF model and torchvision's
+`efficientnet_b*`, which is what makes the published parameter counts reproduce exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from scalesearch.errors import UserError
+from scalesearch.families.base import Family, ModelSpec, StageInfo, register_family
+from scalesearch.scaling import make_divisible, round_repeats
+
+DEPTH_ROUNDING = ("ceil", "total")
+
+
+@dataclass(frozen=True)
+class MBConvStage:
+    """One stage of the base network: `repeats` MBConv blocks of the same shape."""
+
+    expand: int  # expansion ratio of the inverted bottleneck (1 for MBConv1, 6 for MBConv6)
+    kernel: int  # depthwise kernel size
+    stride: int  # stride of the stage's first block
+    channels: int  # output channels at width 1.0
+    repeats: int  # blocks at depth 1.0
+
+
+def _positive_int(stage: Mapping[str, Any], key: str, where: str) -> int:
+    value = stage.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{where}: '{key}' must be a positive integer, got {value!r}")
+    return value
+
+
+def parse_stages(raw: Any) -> list[MBConvStage]:
+    """Validate the `stages:` list of an EfficientNet architecture."""
+    if not isinstance(raw, list) or not raw:
+        raise UserError("architecture.stages must be a non-empty list of stages")
+    stages = []
+    for index, stage in enumerate(raw, start=1):
+        where = f"architecture.stages[{index}]"
+        if not isinstance(stage, Mapping):
+            raise UserError(f"{where} must be a mapping, got {type(stage).__name__}")
+        unknown = set(stage) - {"expand", "kernel", "stride", "channels", "repeats"}
+        if unknown:
+            raise UserError(f"{where}: unknown keys {sorted(unknown)}")
+        stages.append(
+            MBConvStage(
+                expand=_positive_int(stage, "expand", where),
+                kernel=_positive_int(stage, "kernel", where),
+                stride=_positive_int(stage, "stride", where),
+                channels=_positive_int(stage, "channels", where),
+                repeats=_positive_int(stage, "repeats", where),
+            )
+        )
+    return stages
+
+
+def scale_stage_depths(repeats: list[int], depth_mult: float, rounding: str) -> list[int]:
+    """Blocks per stage at `depth_mult`.
+
+    "ceil" is the official per-stage rule (B0..B7 need it). "total" rounds the total block count
+    to nearest and hands the blocks to the stages with the largest fractional parts, so the
+    realized depth follows the requested multiplier closely even on tiny proxies, where ceil of
+    a handful of blocks jumps by 30% or more.
+    """
+    if rounding == "ceil":
+        return [round_repeats(r, depth_mult) for r in repeats]
+    ideal = [r * depth_mult for r in repeats]
+    total = max(len(repeats), int(math.floor(sum(ideal) + 0.5)))
+    scaled = [max(1, int(math.floor(x))) for x in ideal]
+    # Largest remainders first; ties go to later stages, which carry the most channels.
+    order = sorted(range(len(ideal)), key=lambda i: (ideal[i] - math.floor(ideal[i]), i), reverse=True)
+    position = 0
+    while sum(scaled) < total:
+        scaled[order[position % len(order)]] += 1
+        position += 1
+    while sum(scaled) > total:
+        # Only possible when max(1, .) lifted stages; trim the largest stages.
+        largest = max(range(len(scaled)), key=lambda i: (scaled[i], i))
+        scaled[largest] -= 1
+    return scaled
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel attention: global pool, reduce to `squeeze` channels, SiLU, expand, sigmoid gate."""
+
+    def __init__(self, channels: int, squeeze: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, squeeze, 1)
+        self.expand = nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = x.mean((2, 3), keepdim=True)
+        scale = self.expand(nn.functional.silu(self.reduce(scale)))
+        return x * torch.sigmoid(scale)
+
+
+def conv_bn_act(
+    in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True
+) -> nn.Sequential:
+    """Conv (no bias), batch norm, optional SiLU; 'same' padding for odd kernels."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_ch, out_ch, kernel, stride, padding=(kernel - 1) // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out_ch),
+    ]
+    if act:
+        layers.append(nn.SiLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block: 1x1 expand, depthwise kxk, squeeze-excitation, 1x1 project."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        *,
+        expand: int,
+        kernel: int,
+        stride: int,
+        se_ratio: float,
+        drop_prob: float,
+    ) -> None:
+        super().__init__()
+        hidden = in_ch * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers.append(conv_bn_act(in_ch, hidden, 1))
+        layers.append(conv_bn_act(hidden, hidden, kernel, stride, groups=hidden))
+        # SE width is a ratio of the block's INPUT channels, not the expanded ones (official model).
+        layers.append(SqueezeExcitation(hidden, max(1, int(in_ch * se_ratio))))
+        layers.append(conv_bn_act(hidden, out_ch, 1, act=False))
+        self.block = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and in_ch == out_ch
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        if not self.use_residual:
+            return out
+        if self.training and self.drop_prob > 0.0:
+            # Stochastic depth: drop the whole residual branch per sample, rescale the kept ones.
+            keep = 1.0 - self.drop_prob
+            mask = torch.empty(out.shape[0], 1, 1, 1, dtype=out.dtype, device=out.device).bernoulli_(keep)
+            out = out * mask / keep
+        return out + x
+
+
+class EfficientNetModel(nn.Module):
+    """Stem, MBConv stages, 1x1 head, global pool, dropout, linear classifier."""
+
+    def __init__(self, stem: nn.Module, blocks: nn.Sequential, head: nn.Module, classifier: nn.Sequential):
+        super().__init__()
+        self.stem = stem
+        self.blocks = blocks
+        self.head = head
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.blocks(self.stem(x)))
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+@register_family("efficientnet")
+class EfficientNetFamily(Family):
+    """EfficientNet built from a stage table; the B0 table lives in search_spaces/efficientnet_b0.yaml."""
+
+    def __init__(self, architecture: Mapping[str, Any]) -> None:
+        super().__init__(architecture)
+        known = {
+            "stem_channels",
+            "head_channels",
+            "stages",
+            "se_ratio",
+            "stochastic_depth",
+            "channel_divisor",
+            "depth_rounding",
+        }
+        unknown = set(architecture) - known
+        if unknown:
+            raise UserError(f"architecture: unknown keys for efficientnet: {sorted(unknown)}")
+        self.stage_table = parse_stages(architecture.get("stages"))
+        self.stem_channels = _positive_int(architecture, "stem_channels", "architecture")
+        self.head_channels = _positive_int(architecture, "head_channels", "architecture")
+        self.channel_divisor = int(architecture.get("channel_divisor", 8))
+        self.se_ratio = float(architecture.get("se_ratio", 0.25))
+        self.stochastic_depth = float(architecture.get("stochastic_depth", 0.2))
+        self.depth_rounding = str(architecture.get("depth_rounding", "ceil"))
+        if self.channel_divisor < 1:
+            raise UserError("architecture.channel_divisor must be >= 1")
+        if not 0.0 < self.se_ratio <= 1.0:
+            raise UserError("architecture.se_ratio must be in (0, 1]")
+        if not 0.0 <= self.stochastic_depth < 1.0:
+            raise UserError("architecture.stochastic_depth must be in [0, 1)")
+        if self.depth_rounding not in DEPTH_ROUNDING:
+            raise UserError(f"architecture.depth_rounding must be one of {DEPTH_ROUNDING}")
+
+    def _channels(self, base: int, spec: ModelSpec) -> int:
+        return make_divisible(base * spec.width_mult, divisor=self.channel_divisor)
+
+    def stages(self, spec: ModelSpec) -> list[StageInfo]:
+        """Stem, the MBConv stages (stage1..stageN) and head, with their scaled channels and repeats."""
+        repeats = scale_stage_depths(
+            [s.repeats for s in self.stage_table], spec.depth_mult, self.depth_rounding
+        )
+        infos = [StageInfo("stem", self._channels(self.stem_channels, spec), 1)]
+        for index, (stage, count) in enumerate(zip(self.stage_table, repeats), start=1):
+            infos.append(StageInfo(f"stage{index}", self._channels(stage.channels, spec), count))
+        infos.append(StageInfo("head", self._channels(self.head_channels, spec), 1))
+        return infos
+
+    def build(self, spec: ModelSpec) -> nn.Module:
+        """EfficientNet at `spec`; stochastic depth rises linearly with block index to its maximum."""
+        infos = self.stages(spec)
+        stem_ch, head_ch = infos[0].channels, infos[-1].channels
+        total = sum(info.repeats for info in infos[1:-1])
+        blocks: list[nn.Module] = []
+        in_ch = stem_ch
+        index = 0
+        for stage, info in zip(self.stage_table, infos[1:-1]):
+            for repeat in range(info.repeats):
+                blocks.append(
+                    MBConv(
+                        in_ch,
+                        info.channels,
+                        expand=stage.expand,
+                        kernel=stage.kernel,
+                        stride=stage.stride if repeat == 0 else 1,
+                        se_ratio=self.se_ratio,
+                        drop_prob=self.stochastic_depth * index / total,
+                    )
+                )
+                in_ch = info.channels
+                index += 1
+        model = EfficientNetModel(
+            stem=conv_bn_act(spec.in_channels, stem_ch, 3, stride=2),
+            blocks=nn.Sequential(*blocks),
+            head=conv_bn_act(in_ch, head_ch, 1),
+            classifier=nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(head_ch, spec.num_classes)),
+        )
+        _init_weights(model)
+        return model
+
+
+def _init_weights(model: nn.Module) -> None:
+    """The official initialization: fan-out normal convs, uniform linear, unit batch norm."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            bound = 1.0 / math.sqrt(module.out_features)
+            nn.init.uniform_(module.weight, -bound, bound)
+            nn.init.zeros_(module.bias)

@@ -1,0 +1,314 @@
+"""Search spaces: a YAML file naming a family, its base architecture, the target base, the proxy base
+the search trains, the constraint, and search/recipe defaults. Loaded once into frozen dataclasses.
+
+Torch is not imported here; the family (which needs torch) is looked up on first use.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from scalesearch.errors import UserError
+from scalesearch.scaling import (
+    DEFAULT_TARGET,
+    DEFAULT_TOLERANCE,
+    Coefficients,
+    multipliers,
+    round_resolution,
+)
+
+if TYPE_CHECKING:
+    from scalesearch.families import Family, ModelSpec
+
+SPACES_DIR = Path(
+    os.environ.get("SCALESEARCH_SPACES", Path(__file__).resolve().parent.parent / "search_spaces")
+)
+DEFAULT_SPACE = "efficientnet_b0"
+TOP_LEVEL_KEYS = {
+    "name",
+    "family",
+    "architecture",
+    "base",
+    "reference",
+    "proxy",
+    "constraint",
+    "search",
+    "recipe",
+}
+
+
+@dataclass(frozen=True)
+class DropoutRule:
+    """Dropout as φ grows: base + increment·floor(φ / every_phi), capped (B0..B7: 0.2 → 0.5)."""
+
+    base: float = 0.2
+    increment: float = 0.0
+    every_phi: float = 1.0
+    maximum: float = 0.5
+
+    def at(self, phi: float) -> float:
+        """The dropout rate of the variant at φ."""
+        return round(
+            min(self.maximum, self.base + self.increment * math.floor(phi / self.every_phi + 1e-9)), 4
+        )
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A base that coefficients scale: the target (B0 at 224) or the search's small proxy."""
+
+    width_mult: float  # width of the base itself (1.0 for the target; < 1 for a cheap proxy)
+    depth_mult: float  # depth of the base itself
+    resolution: int  # input side in pixels at φ = 0
+    resolution_multiple: int  # scaled resolutions are rounded to a multiple of this
+    dropout: DropoutRule  # dropout at each φ
+    architecture: Mapping[str, Any]  # the family's architecture for this base (proxy overrides merged in)
+
+
+@dataclass(frozen=True)
+class ReferenceVariant:
+    """One row of a published, hand-tuned family table (EfficientNet B0..B7)."""
+
+    name: str
+    width_mult: float
+    depth_mult: float
+    resolution: int
+    dropout: float
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search-space file. Build models through `family` / `proxy_family`."""
+
+    name: str
+    path: str
+    family_name: str
+    base: BaseModel
+    proxy: BaseModel
+    reference: tuple[ReferenceVariant, ...]
+    target: float = DEFAULT_TARGET
+    tolerance: float = DEFAULT_TOLERANCE
+    search: Mapping[str, Any] = field(default_factory=dict)  # defaults for `scalesearch search`
+    recipe: Mapping[str, Any] = field(default_factory=dict)  # raw mapping for Recipe.from_mapping
+
+    @cached_property
+    def family(self) -> Family:
+        """The family built from the target base's architecture."""
+        from scalesearch.families import get_family
+
+        return get_family(self.family_name)(self.base.architecture)
+
+    @cached_property
+    def proxy_family(self) -> Family:
+        """The family built from the proxy's architecture (finer rounding, no stochastic depth)."""
+        from scalesearch.families import get_family
+
+        return get_family(self.family_name)(self.proxy.architecture)
+
+    def scaled_spec(
+        self, coefficients: Coefficients, phi: float, *, num_classes: int = 1000, in_channels: int = 3
+    ) -> ModelSpec:
+        """The target base scaled by α^φ, β^φ, γ^φ (resolution rounded to the base's multiple)."""
+        return _scale(self.base, coefficients, phi, num_classes, in_channels)
+
+    def scaled_proxy(
+        self, coefficients: Coefficients, phi: float = 1.0, *, num_classes: int = 10, in_channels: int = 3
+    ) -> ModelSpec:
+        """The proxy base scaled by α^φ, β^φ, γ^φ: what a search trial trains."""
+        return _scale(self.proxy, coefficients, phi, num_classes, in_channels)
+
+    def reference_spec(
+        self, variant: ReferenceVariant, *, num_classes: int = 1000, in_channels: int = 3
+    ) -> ModelSpec:
+        """A published variant as a ModelSpec."""
+        from scalesearch.families import ModelSpec
+
+        return ModelSpec(
+            width_mult=variant.width_mult,
+            depth_mult=variant.depth_mult,
+            resolution=variant.resolution,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            dropout=variant.dropout,
+        )
+
+
+def _scale(
+    base: BaseModel, coefficients: Coefficients, phi: float, num_classes: int, in_channels: int
+) -> ModelSpec:
+    from scalesearch.families import ModelSpec
+
+    depth, width, resolution = multipliers(coefficients, phi)
+    return ModelSpec(
+        width_mult=base.width_mult * width,
+        depth_mult=base.depth_mult * depth,
+        resolution=round_resolution(base.resolution * resolution, multiple=base.resolution_multiple),
+        num_classes=num_classes,
+        in_channels=in_channels,
+        dropout=base.dropout.at(phi),
+    )
+
+
+def resolve_space_path(path_or_name: str | os.PathLike[str]) -> Path:
+    """A file path as given, or the name of a shipped space (`efficientnet_b0`) in search_spaces/."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    shipped = SPACES_DIR / f"{path_or_name}.yaml"
+    if path.suffix == "" and shipped.is_file():
+        return shipped
+    if path.exists():
+        raise UserError(f"search space {str(path)!r} is not a file")
+    available = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))) or "none"
+    raise UserError(f"search space {str(path_or_name)!r} not found (a YAML file, or one of: {available})")
+
+
+def load_space(path_or_name: str | os.PathLike[str] = DEFAULT_SPACE) -> SearchSpace:
+    """Read and validate a search-space YAML; UserError names the file and the problem."""
+    path = resolve_space_path(path_or_name)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.constructor.ConstructorError as error:
+        # safe_load refuses !!python/object and friends: say so plainly.
+        raise UserError(
+            f"{path}: refusing a YAML tag that would construct objects ({error.problem})"
+        ) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: malformed YAML{where}: {getattr(error, 'problem', error)}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: cannot read: {error}") from None
+    try:
+        space = _parse_space(raw, path)
+        space.family  # noqa: B018  (validates the architecture now, not at first build)
+        space.proxy_family  # noqa: B018
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
+    return space
+
+
+def _mapping(raw: Any, what: str) -> Mapping[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise UserError(f"'{what}' must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _number(raw: Mapping[str, Any], key: str, default: float, what: str, *, minimum: float = 0.0) -> float:
+    value = raw.get(key, default)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < minimum
+    ):
+        raise UserError(f"'{what}.{key}' must be a number >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def _dropout_rule(raw: Any, what: str) -> DropoutRule:
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return DropoutRule(base=_number({"dropout": raw}, "dropout", 0.0, what), maximum=float(raw))
+    rule = _mapping(raw, f"{what}.dropout")
+    unknown = set(rule) - {"base", "increment", "every_phi", "max"}
+    if unknown:
+        raise UserError(f"'{what}.dropout': unknown keys {sorted(unknown)}")
+    parsed = DropoutRule(
+        base=_number(rule, "base", 0.2, f"{what}.dropout"),
+        increment=_number(rule, "increment", 0.0, f"{what}.dropout"),
+        every_phi=_number(rule, "every_phi", 1.0, f"{what}.dropout", minimum=1e-6),
+        maximum=_number(rule, "max", 0.5, f"{what}.dropout"),
+    )
+    if parsed.base >= 1.0 or parsed.maximum >= 1.0:
+        raise UserError(f"'{what}.dropout' rates must be < 1")
+    return parsed
+
+
+def _base_model(
+    raw: Mapping[str, Any], what: str, architecture: Mapping[str, Any], defaults: BaseModel | None
+):
+    unknown = set(raw) - {
+        "width_mult",
+        "depth_mult",
+        "resolution",
+        "resolution_multiple",
+        "dropout",
+        "architecture",
+    }
+    if unknown:
+        raise UserError(f"'{what}': unknown keys {sorted(unknown)}")
+    resolution = raw.get("resolution", defaults.resolution if defaults else 224)
+    multiple = raw.get("resolution_multiple", defaults.resolution_multiple if defaults else 4)
+    for key, value in (("resolution", resolution), ("resolution_multiple", multiple)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"'{what}.{key}' must be a positive integer, got {value!r}")
+    overrides = _mapping(raw.get("architecture"), f"{what}.architecture")
+    return BaseModel(
+        width_mult=_number(raw, "width_mult", 1.0, what, minimum=1e-3),
+        depth_mult=_number(raw, "depth_mult", 1.0, what, minimum=1e-3),
+        resolution=resolution,
+        resolution_multiple=multiple,
+        dropout=_dropout_rule(raw.get("dropout", 0.2), what),
+        architecture={**architecture, **overrides},
+    )
+
+
+def _parse_space(raw: Any, path: Path) -> SearchSpace:
+    top = _mapping(raw, "the file")
+    if not top:
+        raise UserError("the file is empty")
+    unknown = set(top) - TOP_LEVEL_KEYS
+    if unknown:
+        raise UserError(f"unknown top-level keys {sorted(unknown)} (known: {sorted(TOP_LEVEL_KEYS)})")
+    family_name = top.get("family")
+    if not isinstance(family_name, str) or not family_name:
+        raise UserError("'family' must name a model family, e.g. efficientnet")
+    architecture = _mapping(top.get("architecture"), "architecture")
+    base = _base_model(_mapping(top.get("base"), "base"), "base", architecture, None)
+    proxy = _base_model(_mapping(top.get("proxy"), "proxy"), "proxy", architecture, base)
+    constraint = _mapping(top.get("constraint"), "constraint")
+    target = _number(constraint, "target", DEFAULT_TARGET, "constraint", minimum=1.0 + 1e-9)
+    tolerance = _number(constraint, "tolerance", DEFAULT_TOLERANCE, "constraint")
+    if tolerance >= 1.0:
+        raise UserError("'constraint.tolerance' must be < 1")
+    reference_raw = top.get("reference") or []
+    if not isinstance(reference_raw, list):
+        raise UserError("'reference' must be a list of variants")
+    reference = []
+    for index, row in enumerate(reference_raw):
+        row = _mapping(row, f"reference[{index}]")
+        what = f"reference[{index}]"
+        resolution = row.get("resolution")
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+            raise UserError(f"'{what}.resolution' must be a positive integer")
+        reference.append(
+            ReferenceVariant(
+                name=str(row.get("name", f"V{index}")),
+                width_mult=_number(row, "width_mult", 1.0, what, minimum=1e-3),
+                depth_mult=_number(row, "depth_mult", 1.0, what, minimum=1e-3),
+                resolution=resolution,
+                dropout=_number(row, "dropout", 0.2, what),
+            )
+        )
+    return SearchSpace(
+        name=str(top.get("name") or path.stem),
+        path=str(path),
+        family_name=family_name,
+        base=base,
+        proxy=proxy,
+        reference=tuple(reference),
+        target=target,
+        tolerance=tolerance,
+        search=dict(_mapping(top.get("search"), "search")),
+        recipe=dict(_mapping(top.get("recipe"), "recipe")),
+    )
