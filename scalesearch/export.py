@@ -29,9 +29,9 @@ TABLE_COLUMNS = [
 ]
 
 
-def variant_name(phi: float) -> str:
+def variant_name(phi: float, prefix: str = "B") -> str:
     """B0, B1, ... for whole φ; B2.5 for fractional φ."""
-    return f"B{phi:g}"
+    return f"{prefix}{phi:g}"
 
 
 def family_table(
@@ -81,7 +81,7 @@ def family_table(
         cost, stages = (base_cost, None) if phi == 0 else measure(spec)
         stages = stages if stages is not None else space.family.stages(spec)
         row = {
-            "name": space.reference[int(phi)].name if coefficients is None else variant_name(phi),
+            "name": space.reference[int(phi)].name if coefficients is None else variant_name(phi, space.variant_prefix),
             "phi": phi,
             "depth_mult": round(spec.depth_mult, 6),
             "width_mult": round(spec.width_mult, 6),

@@ -94,6 +94,7 @@ class SearchSpace:
     base: BaseModel
     proxy: BaseModel
     reference: tuple[ReferenceVariant, ...]
+    variant_prefix: str = "B"  # scaled variants are named prefix + phi: B0, B1, ... (EfficientNet's names)
     target: float = DEFAULT_TARGET
     tolerance: float = DEFAULT_TOLERANCE
     search: Mapping[str, Any] = field(default_factory=dict)  # defaults for `scalesearch search`
@@ -307,6 +308,7 @@ def _parse_space(raw: Any, path: Path) -> SearchSpace:
         base=base,
         proxy=proxy,
         reference=tuple(reference),
+        variant_prefix=str(top.get("variant_prefix", "B")),
         target=target,
         tolerance=tolerance,
         search=dict(_mapping(top.get("search"), "search")),
