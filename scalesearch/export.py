@@ -70,9 +70,7 @@ def family_table(
 
     def measure(spec: ModelSpec) -> tuple[Any, list[Any]]:
         model = space.family.build(spec)
-        return measure_cost(model, resolution=spec.resolution, in_channels=in_channels), space.family.stages(
-            spec
-        )
+        return measure_cost(model, resolution=spec.resolution, in_channels=in_channels), space.family.stages(spec)
 
     base_cost, _ = measure(spec_at(0.0))
     variants = []
@@ -160,8 +158,7 @@ def render_family(family: dict[str, Any], fmt: str) -> str:
     rows = _summary_rows(family)
     columns = TABLE_COLUMNS if family["coefficients"] is not None else TABLE_COLUMNS[:-1]
     stage_lines = [
-        f"{v['name']}: " + " ".join(f"{s['channels']}x{s['repeats']}" for s in v["stages"])
-        for v in family["variants"]
+        f"{v['name']}: " + " ".join(f"{s['channels']}x{s['repeats']}" for s in v["stages"]) for v in family["variants"]
     ]
     if fmt == "markdown":
         return (

@@ -28,9 +28,7 @@ from scalesearch.scaling import (
 if TYPE_CHECKING:
     from scalesearch.families import Family, ModelSpec
 
-SPACES_DIR = Path(
-    os.environ.get("SCALESEARCH_SPACES", Path(__file__).resolve().parent.parent / "search_spaces")
-)
+SPACES_DIR = Path(os.environ.get("SCALESEARCH_SPACES", Path(__file__).resolve().parent.parent / "search_spaces"))
 DEFAULT_SPACE = "efficientnet_b0"
 TOP_LEVEL_KEYS = {
     "name",
@@ -56,9 +54,7 @@ class DropoutRule:
 
     def at(self, phi: float) -> float:
         """The dropout rate of the variant at φ."""
-        return round(
-            min(self.maximum, self.base + self.increment * math.floor(phi / self.every_phi + 1e-9)), 4
-        )
+        return round(min(self.maximum, self.base + self.increment * math.floor(phi / self.every_phi + 1e-9)), 4)
 
 
 @dataclass(frozen=True)
@@ -126,9 +122,7 @@ class SearchSpace:
         """The proxy base scaled by α^φ, β^φ, γ^φ: what a search trial trains."""
         return _scale(self.proxy, coefficients, phi, num_classes, in_channels)
 
-    def reference_spec(
-        self, variant: ReferenceVariant, *, num_classes: int = 1000, in_channels: int = 3
-    ) -> ModelSpec:
+    def reference_spec(self, variant: ReferenceVariant, *, num_classes: int = 1000, in_channels: int = 3) -> ModelSpec:
         """A published variant as a ModelSpec."""
         from scalesearch.families import ModelSpec
 
@@ -142,9 +136,7 @@ class SearchSpace:
         )
 
 
-def _scale(
-    base: BaseModel, coefficients: Coefficients, phi: float, num_classes: int, in_channels: int
-) -> ModelSpec:
+def _scale(base: BaseModel, coefficients: Coefficients, phi: float, num_classes: int, in_channels: int) -> ModelSpec:
     from scalesearch.families import ModelSpec
 
     depth, width, resolution = multipliers(coefficients, phi)
@@ -179,9 +171,7 @@ def load_space(path_or_name: str | os.PathLike[str] = DEFAULT_SPACE) -> SearchSp
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.constructor.ConstructorError as error:
         # safe_load refuses !!python/object and friends: say so plainly.
-        raise UserError(
-            f"{path}: refusing a YAML tag that would construct objects ({error.problem})"
-        ) from None
+        raise UserError(f"{path}: refusing a YAML tag that would construct objects ({error.problem})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -207,12 +197,7 @@ def _mapping(raw: Any, what: str) -> Mapping[str, Any]:
 
 def _number(raw: Mapping[str, Any], key: str, default: float, what: str, *, minimum: float = 0.0) -> float:
     value = raw.get(key, default)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < minimum
-    ):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < minimum:
         raise UserError(f"'{what}.{key}' must be a number >= {minimum:g}, got {value!r}")
     return float(value)
 
@@ -235,9 +220,7 @@ def _dropout_rule(raw: Any, what: str) -> DropoutRule:
     return parsed
 
 
-def _base_model(
-    raw: Mapping[str, Any], what: str, architecture: Mapping[str, Any], defaults: BaseModel | None
-):
+def _base_model(raw: Mapping[str, Any], what: str, architecture: Mapping[str, Any], defaults: BaseModel | None):
     unknown = set(raw) - {
         "width_mult",
         "depth_mult",

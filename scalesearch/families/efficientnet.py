@@ -185,11 +185,31 @@ class EfficientNetFamily(Family):
             "stochastic_depth",
             "channel_divisor",
             "depth_rounding",
+            "stem_stride",
+            "strides",
         }
         unknown = set(architecture) - known
         if unknown:
             raise UserError(f"architecture: unknown keys for efficientnet: {sorted(unknown)}")
         self.stage_table = parse_stages(architecture.get("stages"))
+        # Proxies on tiny images keep more of the spatial map: fewer strides, same blocks otherwise.
+        self.stem_stride = _positive_int(
+            {"stem_stride": architecture.get("stem_stride", 2)}, "stem_stride", "architecture"
+        )
+        strides = architecture.get("strides")
+        if strides is not None:
+            if not isinstance(strides, list) or len(strides) != len(self.stage_table):
+                raise UserError(f"architecture.strides must list one stride per stage ({len(self.stage_table)})")
+            self.stage_table = [
+                MBConvStage(
+                    s.expand,
+                    s.kernel,
+                    _positive_int({"stride": v}, "stride", "architecture.strides"),
+                    s.channels,
+                    s.repeats,
+                )
+                for s, v in zip(self.stage_table, strides)
+            ]
         self.stem_channels = _positive_int(architecture, "stem_channels", "architecture")
         self.head_channels = _positive_int(architecture, "head_channels", "architecture")
         self.channel_divisor = int(architecture.get("channel_divisor", 8))
@@ -210,9 +230,7 @@ class EfficientNetFamily(Family):
 
     def stages(self, spec: ModelSpec) -> list[StageInfo]:
         """Stem, the MBConv stages (stage1..stageN) and head, with their scaled channels and repeats."""
-        repeats = scale_stage_depths(
-            [s.repeats for s in self.stage_table], spec.depth_mult, self.depth_rounding
-        )
+        repeats = scale_stage_depths([s.repeats for s in self.stage_table], spec.depth_mult, self.depth_rounding)
         infos = [StageInfo("stem", self._channels(self.stem_channels, spec), 1)]
         for index, (stage, count) in enumerate(zip(self.stage_table, repeats), start=1):
             infos.append(StageInfo(f"stage{index}", self._channels(stage.channels, spec), count))
@@ -243,7 +261,7 @@ class EfficientNetFamily(Family):
                 in_ch = info.channels
                 index += 1
         model = EfficientNetModel(
-            stem=conv_bn_act(spec.in_channels, stem_ch, 3, stride=2),
+            stem=conv_bn_act(spec.in_channels, stem_ch, 3, stride=self.stem_stride),
             blocks=nn.Sequential(*blocks),
             head=conv_bn_act(in_ch, head_ch, 1),
             classifier=nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(head_ch, spec.num_classes)),

@@ -1,0 +1,126 @@
+"""`scalesearch search`: find (alpha, beta, gamma) on a dataset by training proxies on Ray Tune."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from scalesearch.errors import UserError
+
+# Flags that override the space's `search:` section; None means "not given on the command line".
+OVERRIDABLE = ("dataset", "sampler", "trials", "epochs", "scheduler", "concurrency", "cpus_per_trial",
+               "gpus_per_trial", "seed", "max_failures")  # fmt: skip
+SEARCH_KEYS = {*OVERRIDABLE, "grid"}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "search",
+        help="search alpha, beta, gamma on a dataset (Ray Tune + Optuna)",
+        description="Propose (alpha, beta, gamma) on the constraint surface, train a scaled proxy for each on "
+        "DATASET in parallel on Ray, and write the chosen coefficients with a scaled B0..B7 family. "
+        "Defaults come from the space's `search:` section; flags override them.",
+    )
+    parser.add_argument("--space", default="efficientnet_b0", help="search-space YAML or shipped name")
+    parser.add_argument("--dataset", default=None, help="dataset spec: digits (default), synthetic, a folder, npz:PATH")
+    parser.add_argument("--sampler", default=None, help="grid | tpe (default) | gp | random")
+    parser.add_argument("--trials", type=int, default=None, help="proposals to make (grid: lattice points at most)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs per proxy")
+    parser.add_argument("--scheduler", default=None, help="none | asha (stop weak trials early)")
+    parser.add_argument("--concurrency", type=int, default=None, help="trials at once")
+    parser.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs (and torch threads) per trial")
+    parser.add_argument("--gpus-per-trial", type=float, default=None, help="GPU fraction per trial, e.g. 0.25")
+    parser.add_argument("--seed", type=int, default=None, help="seed of proposals and training")
+    parser.add_argument("--address", default=None, help="join a Ray cluster (or set RAY_ADDRESS)")
+    parser.add_argument("--out", default=None, help="run folder (default: results/runs/SPACE-DATASET-SAMPLER-TIME)")
+    parser.add_argument("--resume", action="store_true", help="continue the search in --out (or the newest match)")
+    parser.add_argument("--max-failures", type=int, default=None, help="retries of a failed trial")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--verbose", action="store_true", help="show Ray's and Optuna's own logs")
+    output.add_argument("--quiet", action="store_true", help="print only the result")
+    return parser
+
+
+def _slug(text: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(text).name or text)
+    return keep.strip("-")[:40] or "data"
+
+
+def _newest_match(prefix: str) -> Path | None:
+    """The newest unfinished run folder named PREFIX-*, for --resume without --out."""
+    root = Path("results/runs")
+    candidates = sorted(
+        (p for p in root.glob(f"{prefix}-*") if (p / "search.json").is_file() and not (p / "best.json").is_file()),
+        key=lambda p: p.stat().st_mtime,
+    )
+    return candidates[-1] if candidates else None
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    """Merge the space's `search:` defaults with the flags into SearchSettings."""
+    from scalesearch.search import SearchSettings
+    from scalesearch.spaces import load_space
+
+    space = load_space(args.space)
+    defaults = dict(space.search)
+    unknown = set(defaults) - SEARCH_KEYS
+    if unknown:
+        raise UserError(f"{space.path}: unknown keys in 'search': {sorted(unknown)}")
+    values: dict[str, Any] = {"dataset": "digits", **defaults}
+    for key in OVERRIDABLE:
+        given = getattr(args, key)
+        if given is not None:
+            values[key] = given
+    prefix = f"{space.name}-{_slug(values['dataset'])}-{values.get('sampler', 'tpe')}"
+    out = args.out
+    if out is None and args.resume:
+        match = _newest_match(prefix)
+        if match is None:
+            raise UserError(f"nothing to resume: no unfinished run results/runs/{prefix}-*; pass --out")
+        out = str(match)
+    if out is None:
+        out = f"results/runs/{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return SearchSettings(
+        space_path=space.path,
+        recipe=dict(space.recipe),
+        address=args.address,
+        out=out,
+        verbose=args.verbose,
+        quiet=args.quiet,
+        **values,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from scalesearch.export import render_family
+    from scalesearch.search import run_search
+
+    settings = settings_from_args(args)
+    command = shlex.join(["scalesearch", *sys.argv[1:]]) if sys.argv and "scalesearch" in sys.argv[0] else ""
+    try:
+        best = run_search(settings, resume=args.resume, command=command)
+    except KeyboardInterrupt:
+        print(
+            f"scalesearch search: interrupted; finished trials are in {settings.out}/trials.csv. "
+            f"Run the same command with --resume{'' if args.out else ' --out ' + settings.out} to continue.",
+            file=sys.stderr,
+        )
+        return 130
+    out = Path(settings.out)
+    import json
+
+    family = json.loads((out / "family.json").read_text(encoding="utf-8"))
+    print(
+        f"chosen: alpha={best['alpha']:.4f} beta={best['beta']:.4f} gamma={best['gamma']:.4f} "
+        f"(alpha*beta^2*gamma^2 = {best['product']:.4f}; trial {best['trial']}, "
+        f"val accuracy {best['value']:.4f} on {best['dataset']})"
+    )
+    if not settings.quiet:
+        print()
+        print(render_family(family, "table"), end="")
+        print(f"\nrun folder: {out}  (trials.csv, best.json, family.json, family.md, frontier.png, manifest.json)")
+    return 0
