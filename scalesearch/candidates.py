@@ -117,14 +117,16 @@ def plan_candidate(
     *,
     num_classes: int,
     in_channels: int,
+    phi: float = 1.0,
     correct: bool = True,
 ) -> Candidate:
-    """Scale the proxy base by `coefficients` at φ = 1, measure it, and correct its resolution if needed."""
+    """Scale the proxy base by `coefficients` at `phi` (the search uses φ = 1), measure it, and correct
+    its resolution (then width) until the measured FLOPs ratio is within tolerance of target^φ."""
     base_spec = space.scaled_proxy(Coefficients(1.0, 1.0, 1.0), 0.0, num_classes=num_classes, in_channels=in_channels)
     _, base_flops, base_blocks, base_channels = _measure(space.path, base_spec)
-    spec = space.scaled_proxy(coefficients, 1.0, num_classes=num_classes, in_channels=in_channels)
+    spec = space.scaled_proxy(coefficients, phi, num_classes=num_classes, in_channels=in_channels)
     params, flops, blocks, channels = _measure(space.path, spec)
-    target, tolerance = space.target, space.tolerance
+    target, tolerance = space.target**phi, space.tolerance
 
     def miss(value: int) -> float:
         return abs(value / base_flops / target - 1.0)
@@ -148,7 +150,7 @@ def plan_candidate(
         params, flops, blocks, channels = _measure(space.path, spec)
         corrected = True
     corrected = corrected and spec != space.scaled_proxy(
-        coefficients, 1.0, num_classes=num_classes, in_channels=in_channels
+        coefficients, phi, num_classes=num_classes, in_channels=in_channels
     )
     ratio = flops / base_flops
     feasible = miss(flops) <= tolerance

@@ -2,12 +2,20 @@
 
 `family_table` returns plain data (the stable JSON schema); `render_family` turns it into a text
 table, JSON, YAML or Markdown. Used by `scalesearch family` and by every search run's family.json.
+
+`rule_export` turns a finished run into the discovered rule as data, and `render_export` writes it as
+JSON, YAML, a standalone Python module, or the arguments timm and torchvision take (`scalesearch export`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import pprint
+import string
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from scalesearch.errors import UserError
@@ -178,3 +186,371 @@ def render_family(family: dict[str, Any], fmt: str) -> str:
             + f"\nFLOPs: {family['flops_convention']}\n"
         )
     raise UserError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+
+
+# --------------------------------------------------------------------------------------------------
+# A finished run, and its rule as data for other tools
+
+EXPORT_FORMATS = ("json", "yaml", "python", "timm", "torchvision")
+EXPORT_VARIANT_KEYS = ("name", "phi", "depth_mult", "width_mult", "resolution", "dropout", "stages", "params", "flops",
+                       "flops_ratio")  # fmt: skip
+# The stages of EfficientNet-B0 (Tan & Le 2019, Table 1) as (expand, kernel, stride, channels, repeats),
+# with stem 32 and head 1280: timm's and torchvision's B0..B7 builders scale exactly this network.
+B0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
+             (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished search run folder, read once: what validate, report and export start from."""
+
+    path: Path
+    best: dict[str, Any]  # best.json: the chosen coefficients and where they came from
+    settings: dict[str, Any]  # search.json's "settings" ({} when the file is missing)
+    family: dict[str, Any] | None  # family.json, when present
+
+
+def read_run(run_dir: str | Path) -> Run:
+    """Read RUN_DIR; UserError when it is missing or not a finished run (no best.json)."""
+    path = Path(run_dir)
+    if not path.exists():
+        raise UserError(f"run folder {str(run_dir)!r} not found")
+    if not path.is_dir():
+        raise UserError(f"{str(run_dir)!r} is not a folder")
+    if not (path / "best.json").is_file():
+        raise UserError(f"{str(run_dir)!r} is not a finished search run (no best.json)")
+
+    def read(name: str) -> Any:
+        file = path / name
+        if not file.is_file():
+            return None
+        try:
+            return json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise UserError(f"{file}: unreadable ({error})") from None
+
+    best = read("best.json")
+    if not isinstance(best, dict) or not all(key in best for key in ("alpha", "beta", "gamma")):
+        raise UserError(f"{path / 'best.json'}: not a scalesearch best.json")
+    search = read("search.json")
+    settings = search.get("settings", {}) if isinstance(search, dict) else {}
+    family = read("family.json")
+    return Run(path=path, best=best, settings=settings, family=family if isinstance(family, dict) else None)
+
+
+def run_space(run: Run) -> SearchSpace:
+    """The search space the run searched: its recorded path, else the shipped space of that name."""
+    from scalesearch.spaces import load_space
+
+    recorded = run.best.get("space_path") or run.settings.get("space_path")
+    if isinstance(recorded, str) and Path(recorded).is_file():
+        return load_space(recorded)
+    name = run.best.get("space")
+    if isinstance(name, str):
+        return load_space(name)
+    raise UserError(f"{run.path / 'best.json'} names no search space that exists here")
+
+
+def inline_stages(space: SearchSpace) -> list[tuple[str, int, int]] | None:
+    """The base stages as (name, channels, repeats) when the inline rule reproduces the family's.
+
+    The standalone module scales channels with make_divisible(c·w, divisor) and repeats with
+    ceil(r·d) (stem and head keep one), the official EfficientNet rules. Families that round
+    otherwise (depth_rounding "total", ResNet, ViT) return None, and the module leaves stages out.
+    """
+    from scalesearch.families.efficientnet import EfficientNetFamily
+
+    family = space.family
+    if not isinstance(family, EfficientNetFamily) or family.depth_rounding != "ceil":
+        return None
+    return (
+        [("stem", family.stem_channels, 1)]
+        + [(f"stage{i}", stage.channels, stage.repeats) for i, stage in enumerate(family.stage_table, start=1)]
+        + [("head", family.head_channels, 1)]
+    )
+
+
+def _scale_inline(stages: Sequence[tuple[str, int, int]], width: float, depth: float, divisor: int) -> list[dict]:
+    """Stages scaled by the inline rule, with scalesearch's own rounding helpers (to check the module's)."""
+    from scalesearch.scaling import make_divisible, round_repeats
+
+    return [
+        {
+            "name": name,
+            "channels": make_divisible(channels * width, divisor=divisor),
+            "repeats": repeats if name in ("stem", "head") else round_repeats(repeats, depth),
+        }
+        for name, channels, repeats in stages
+    ]
+
+
+def _is_b0(space: SearchSpace) -> bool:
+    """Whether the space's base network is EfficientNet-B0 itself (what timm and torchvision scale)."""
+    from scalesearch.families.efficientnet import EfficientNetFamily
+
+    family = space.family
+    if not isinstance(family, EfficientNetFamily):
+        return False
+    table = tuple((s.expand, s.kernel, s.stride, s.channels, s.repeats) for s in family.stage_table)
+    return table == B0_STAGES and (family.stem_channels, family.head_channels) == (32, 1280)
+
+
+def rule_export(run: Run) -> dict[str, Any]:
+    """The run's rule and family as plain data: what `scalesearch export` renders in every format.
+
+    Holds the rule ("compound": α^φ, β^φ, γ^φ with the rounding stated; "reference": a table), the
+    coefficients, the base it scales (resolution, its rounding multiple, the dropout rule, the
+    channel divisor and, when the inline rule reproduces them, the base stages), where the rule came
+    from (dataset, trial, accuracy), and family.json's variants.
+    """
+    if run.family is None:
+        raise UserError(f"{run.path / 'family.json'} not found: the run did not finish writing its family")
+    space = run_space(run)
+    family = run.family
+    divisor = int(getattr(space.family, "channel_divisor", 8))
+    stages = inline_stages(space)
+    if stages is not None:
+        coefficients = family["coefficients"]
+        for variant in family["variants"]:
+            if coefficients is None:
+                width, depth = variant["width_mult"], variant["depth_mult"]
+            else:
+                spec = space.scaled_spec(Coefficients(coefficients["alpha"], coefficients["beta"],
+                                                      coefficients["gamma"]), variant["phi"])  # fmt: skip
+                width, depth = spec.width_mult, spec.depth_mult
+            if _scale_inline(stages, width, depth, divisor) != variant["stages"]:
+                stages = None  # the family rounds differently from the inline rule: leave stages out
+                break
+    rule = space.base.dropout
+    dropout = {"base": rule.base, "increment": rule.increment, "every_phi": rule.every_phi, "max": rule.maximum}
+    return {
+        "scalesearch_export": 1,
+        "rule": family["rule"],
+        "rule_description": family["rule_description"],
+        "coefficients": family["coefficients"],
+        "space": family["space"],
+        "family": family["family"],
+        "base_is_efficientnet_b0": _is_b0(space),
+        "source": {
+            "run": run.path.name,
+            "dataset": run.best.get("dataset"),
+            "trial": run.best.get("trial"),
+            "metric": run.best.get("metric"),
+            "value": run.best.get("value"),
+        },
+        "base": {
+            "width_mult": space.base.width_mult,
+            "depth_mult": space.base.depth_mult,
+            "resolution": space.base.resolution,
+            "resolution_multiple": space.base.resolution_multiple,
+            "dropout": dropout,
+            "channel_divisor": divisor,
+            "stages": None if stages is None else [{"name": n, "channels": c, "repeats": r} for n, c, r in stages],
+        },
+        "flops_convention": family["flops_convention"],
+        "num_classes": family["num_classes"],
+        "in_channels": family["in_channels"],
+        "variants": [{key: v.get(key) for key in EXPORT_VARIANT_KEYS} for v in family["variants"]],
+    }
+
+
+def _rule_line(data: dict[str, Any]) -> str:
+    """Which rule produced the variants, in one line (every export format states it)."""
+    if data["rule"] == "reference":
+        return f"rule: reference table ({data['rule_description']})"
+    c = data["coefficients"]
+    return (
+        f"rule: compound formula, alpha={c['alpha']:.6g} beta={c['beta']:.6g} gamma={c['gamma']:.6g} "
+        f"({data['rule_description']})"
+    )
+
+
+def render_export(data: dict[str, Any], fmt: str) -> str:
+    """The exported rule as 'json', 'yaml', 'python' (a standalone module), 'timm' or 'torchvision'."""
+    if fmt == "json":
+        return json.dumps(data, indent=2) + "\n"
+    if fmt == "yaml":
+        import yaml
+
+        return f"# {_rule_line(data)}\n" + str(yaml.safe_dump(data, sort_keys=False))
+    if fmt == "python":
+        return _python_module(data)
+    if fmt in ("timm", "torchvision"):
+        return _library_arguments(data, fmt)
+    raise UserError(f"unknown export format {fmt!r} (choose from {', '.join(EXPORT_FORMATS)})")
+
+
+def _library_arguments(data: dict[str, Any], library: str) -> str:
+    """Per variant, the keyword arguments timm's or torchvision's EfficientNet builder takes, as YAML.
+
+    Data only: neither library is imported. Resolution is an input size (a transform), not a model
+    argument, so it is listed beside the arguments.
+    """
+    import yaml
+
+    if data["family"] != "efficientnet":
+        raise UserError(f"--format {library} applies to EfficientNet spaces; this run's family is {data['family']}")
+    if library == "timm":
+        variants = [{"name": v["name"], "phi": v["phi"],
+                     "kwargs": {"channel_multiplier": v["width_mult"], "depth_multiplier": v["depth_mult"],
+                                "drop_rate": v["dropout"]},
+                     "input_size": [3, v["resolution"], v["resolution"]]} for v in data["variants"]]  # fmt: skip
+        usage = [
+            "from timm.models.efficientnet import _gen_efficientnet",
+            "v = <one entry of variants>",
+            'model = _gen_efficientnet("efficientnet_b0", pretrained=False, num_classes=..., **v["kwargs"])',
+            'train and evaluate at v["input_size"] (timm rounds channels with divisor 8 and repeats with ceil)',
+        ]
+    else:
+        variants = [{"name": v["name"], "phi": v["phi"],
+                     "conf_kwargs": {"width_mult": v["width_mult"], "depth_mult": v["depth_mult"]},
+                     "dropout": v["dropout"], "resolution": v["resolution"]} for v in data["variants"]]  # fmt: skip
+        usage = [
+            "from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf",
+            "v = <one entry of variants>",
+            'setting, last_channel = _efficientnet_conf("efficientnet_b0", **v["conf_kwargs"])',
+            'model = EfficientNet(setting, v["dropout"], last_channel=last_channel, num_classes=...)',
+            'train and evaluate at v["resolution"] px (torchvision sizes the head as 4 x the last stage)',
+        ]
+    header = [f"{library} arguments for the {data['space']} family found by scalesearch", _rule_line(data)]
+    if not data["base_is_efficientnet_b0"]:
+        header.append(
+            f"NOTE: this space's base is not EfficientNet-B0, but {library}'s builder scales B0: the "
+            "multipliers carry over, the architecture does not"
+        )
+    header += ["usage:", *(f"  {line}" for line in usage)]
+    body = {"library": library, "rule": data["rule"], "coefficients": data["coefficients"], "variants": variants}
+    return "".join(f"# {line}\n" for line in header) + str(yaml.safe_dump(body, sort_keys=False))
+
+
+_MODULE = string.Template('''\
+"""The $space family found by scalesearch, as a standalone module (Python standard library only).
+
+$rule_line
+Source: run $run, dataset $dataset, trial $trial ($metric $value).
+
+    from $module_name import scaled_config
+    scaled_config(1)  # {"name": ..., "depth_mult": ..., "width_mult": ..., "resolution": ..., "dropout": ...}
+
+Generated by `scalesearch export RUN_DIR --format python`; scalesearch is not needed to run it.
+"""
+
+import math
+
+RULE = $rule  # "compound": the formula below; "reference": the table in VARIANTS
+RULE_DESCRIPTION = $rule_description
+ALPHA = $alpha  # depth multiplier per step of phi
+BETA = $beta  # width multiplier per step of phi
+GAMMA = $gamma  # resolution multiplier per step of phi
+BASE_WIDTH_MULT = $base_width  # the base network's own width (phi = 0)
+BASE_DEPTH_MULT = $base_depth  # the base network's own depth (phi = 0)
+BASE_RESOLUTION = $base_resolution  # input side in pixels at phi = 0
+RESOLUTION_MULTIPLE = $multiple  # scaled resolutions are rounded to a multiple of this
+DROPOUT = $dropout  # base + increment * floor(phi / every_phi), capped at max
+CHANNEL_DIVISOR = $divisor  # channels are multiples of this, never more than 10% below the exact value
+# (name, base channels, base repeats); stem and head are not repeated. None: this family rounds
+# differently from the inline rules, so stages are left to the family's own builder.
+BASE_STAGES = $stages
+# The variants the run measured (params and FLOPs at $num_classes classes, $in_channels input channels).
+VARIANTS = $variants
+
+
+def make_divisible(value, divisor=CHANNEL_DIVISOR):
+    """Round to the nearest multiple of divisor; add one divisor if that lost more than 10%."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def round_resolution(value, multiple=RESOLUTION_MULTIPLE):
+    """Round a resolution to the nearest multiple of `multiple` (at least one multiple)."""
+    return max(multiple, int(math.floor(value / multiple + 0.5)) * multiple)
+
+
+def dropout_at(phi):
+    """Dropout of the variant at phi."""
+    steps = math.floor(phi / DROPOUT["every_phi"] + 1e-9)
+    return round(min(DROPOUT["max"], DROPOUT["base"] + DROPOUT["increment"] * steps), 4)
+
+
+def scaled_config(phi):
+    """The variant at phi (any phi >= 0 for the compound rule): multipliers, resolution, dropout, stages."""
+    phi = float(phi)
+    if not math.isfinite(phi) or phi < 0:
+        raise ValueError(f"phi must be a finite number >= 0, got {phi}")
+    if RULE != "compound":
+        for variant in VARIANTS:
+            if variant["phi"] == phi:
+                return {key: variant[key] for key in ("name", "phi", "depth_mult", "width_mult", "resolution",
+                                                      "dropout", "stages")}
+        raise ValueError(f"the reference table has no variant at phi {phi:g}")
+    depth = BASE_DEPTH_MULT * ALPHA**phi
+    width = BASE_WIDTH_MULT * BETA**phi
+    config = {
+        "name": $prefix + f"{phi:g}",
+        "phi": phi,
+        "depth_mult": round(depth, 6),
+        "width_mult": round(width, 6),
+        "resolution": round_resolution(BASE_RESOLUTION * GAMMA**phi),
+        "dropout": dropout_at(phi),
+        "stages": None,
+    }
+    if BASE_STAGES is not None:
+        config["stages"] = [
+            {
+                "name": name,
+                "channels": make_divisible(channels * width),
+                "repeats": repeats if name in ("stem", "head") else int(math.ceil(repeats * depth)),
+            }
+            for name, channels, repeats in BASE_STAGES
+        ]
+    return config
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps([scaled_config(variant["phi"]) for variant in VARIANTS], indent=2))
+''')
+
+
+def _python_module(data: dict[str, Any]) -> str:
+    """A self-contained module with `scaled_config(phi) -> dict` (the rounding rules inline)."""
+    coefficients = data["coefficients"] or {"alpha": math.nan, "beta": math.nan, "gamma": math.nan}
+    base = data["base"]
+    stages = None if base["stages"] is None else [(s["name"], s["channels"], s["repeats"]) for s in base["stages"]]
+    prefix = data["variants"][0]["name"].rstrip("0123456789.") if data["variants"] else "B"
+    source = data["source"]
+
+    def literal(value: Any) -> str:
+        # pprint writes Python literals; repr of a float round-trips exactly, so the module's
+        # arithmetic starts from the very numbers scalesearch used.
+        return pprint.pformat(value, width=110, sort_dicts=False)
+
+    return _MODULE.substitute(
+        space=data["space"],
+        rule_line=_rule_line(data),
+        run=source["run"],
+        dataset=source["dataset"],
+        trial=source["trial"],
+        metric=source["metric"],
+        value=f"{source['value']:.4f}" if isinstance(source["value"], float) else source["value"],
+        module_name=f"{data['space']}_family".replace("-", "_"),
+        rule=literal(data["rule"]),
+        rule_description=literal(data["rule_description"]),
+        alpha=repr(float(coefficients["alpha"])),
+        beta=repr(float(coefficients["beta"])),
+        gamma=repr(float(coefficients["gamma"])),
+        base_width=repr(float(base["width_mult"])),
+        base_depth=repr(float(base["depth_mult"])),
+        base_resolution=base["resolution"],
+        multiple=base["resolution_multiple"],
+        dropout=literal(base["dropout"]),
+        divisor=base["channel_divisor"],
+        stages=literal(stages),
+        num_classes=data["num_classes"],
+        in_channels=data["in_channels"],
+        variants=literal(data["variants"]),
+        prefix=literal(prefix),
+    )

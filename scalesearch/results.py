@@ -34,3 +34,14 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Atomically write `data` as indented JSON with a trailing newline."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_or_print(text: str, out: str | os.PathLike[str] | None) -> None:
+    """Command output: atomically to `out` (saying so on stderr), or to standard output."""
+    import sys
+
+    if out:
+        atomic_write_text(out, text)
+        print(f"wrote {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,7 @@ class SearchSettings:
     max_failures: int = 0
     recipe: Mapping[str, Any] = field(default_factory=dict)  # Recipe fields (epochs set from `epochs`)
     grid: Mapping[str, Any] = field(default_factory=dict)  # grid bounds and step
+    family_phis: str = "0-7"  # the variants family.json lists (not part of the fingerprint)
     verbose: bool = False
     quiet: bool = False
 
@@ -287,7 +288,7 @@ def write_trials(path: Path, rows: Mapping[int, Mapping[str, Any]]) -> None:
 
 def _csv_value(value: Any) -> Any:
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.8g}"
     return "" if value is None else value
 
 
@@ -329,6 +330,16 @@ def _settings_dict(settings: SearchSettings) -> dict[str, Any]:
 # Ray
 
 
+def absolute_dataset_spec(spec: str) -> str:
+    """The dataset spec with any local path made absolute, since Ray workers run in other folders."""
+    for prefix in ("imagefolder:", "npz:"):
+        if spec.startswith(prefix):
+            return prefix + os.path.abspath(spec[len(prefix) :])
+    if os.path.isdir(spec):
+        return os.path.abspath(spec)
+    return spec
+
+
 def check_address(address: str) -> None:
     """Fail within seconds when a cluster address cannot be reached (ray.init would retry for a minute)."""
     if address in ("auto", "local"):
@@ -355,6 +366,11 @@ def ray_session(settings: SearchSettings) -> Iterator[str]:
 
     import ray
 
+    if not settings.verbose:
+        # Tune logs failed trials and its own summary at ERROR; scalesearch reports those itself.
+        for name in ("ray", "ray.tune", "ray.train", "ray.air"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
     address = settings.address or os.environ.get("RAY_ADDRESS")
     quiet = logging.DEBUG if settings.verbose else logging.ERROR
     if address:
@@ -362,10 +378,12 @@ def ray_session(settings: SearchSettings) -> Iterator[str]:
         ray.init(address=address, logging_level=quiet, log_to_driver=settings.verbose)
         where = address
     else:
-        cpus = max(1, math.ceil(settings.concurrency * settings.cpus_per_trial))
+        import torch
+
+        local = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+        _check_resources(settings, local, where="this machine")
         ray.init(
-            num_cpus=max(cpus, os.cpu_count() or 1),
-            num_gpus=None,
+            num_cpus=os.cpu_count() or 1,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
             logging_level=quiet,
@@ -373,22 +391,23 @@ def ray_session(settings: SearchSettings) -> Iterator[str]:
         )
         where = "local (started by scalesearch, 127.0.0.1)"
     try:
-        resources = ray.cluster_resources()
-        need_cpu = settings.concurrency * settings.cpus_per_trial
-        if resources.get("CPU", 0) < need_cpu:
-            raise UserError(
-                f"--concurrency {settings.concurrency} x --cpus-per-trial {settings.cpus_per_trial:g} needs "
-                f"{need_cpu:g} CPUs; the cluster has {resources.get('CPU', 0):g}"
-            )
-        need_gpu = settings.concurrency * settings.gpus_per_trial
-        if need_gpu and resources.get("GPU", 0) < need_gpu:
-            raise UserError(
-                f"--concurrency {settings.concurrency} x --gpus-per-trial {settings.gpus_per_trial:g} needs "
-                f"{need_gpu:g} GPUs; the cluster has {resources.get('GPU', 0):g}"
-            )
+        _check_resources(settings, ray.cluster_resources(), where="the cluster")
         yield where
     finally:
         ray.shutdown()
+
+
+def _check_resources(settings: SearchSettings, resources: Mapping[str, float], *, where: str) -> None:
+    """UserError when concurrency x per-trial resources exceed what `where` has."""
+    for name, per_trial, flag in (("CPU", settings.cpus_per_trial, "--cpus-per-trial"),
+                                  ("GPU", settings.gpus_per_trial, "--gpus-per-trial")):  # fmt: skip
+        need = settings.concurrency * per_trial
+        have = float(resources.get(name, 0.0))
+        if need > have + 1e-9:
+            raise UserError(
+                f"--concurrency {settings.concurrency} x {flag} {per_trial:g} needs {need:g} {name}s; "
+                f"{where} has {have:g}"
+            )
 
 
 def _versions() -> dict[str, str]:
@@ -428,6 +447,9 @@ class TrialSetup:
     seed: int
     threads: int
     device: str
+    # Testing hook, from $SCALESEARCH_INJECT_FAULT ("raise:N" or "nan:N"): trial N fails that way, so
+    # the failure path (a real exception in a real Ray worker) can be tested end to end.
+    inject_fault: str = ""
 
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
@@ -443,6 +465,12 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     dataset = load_dataset(setup.dataset)
     spec = ModelSpec(**config["spec"])
     family = space.proxy_family
+
+    kind, _, target = setup.inject_fault.partition(":")
+    if target and target.isdigit() and int(target) == config["trial_number"]:
+        if kind == "nan":
+            raise RuntimeError("diverged: injected non-finite loss")
+        raise RuntimeError("injected fault")
 
     def report(metrics: Any) -> None:
         tune.report(
@@ -681,47 +709,55 @@ def run_search(settings: SearchSettings, *, resume: bool = False, command: str =
     from scalesearch.spaces import load_space
 
     settings.validate()
+    settings = replace(settings, dataset=absolute_dataset_spec(settings.dataset))
     space = load_space(settings.space_path)
     dataset = load_dataset(settings.dataset)  # fail on bad data here, not in every worker
-    out, done = prepare_run_dir(settings, resume)
-    total = Proposer.total(settings, space)
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    progress = Progress(total, len(done), settings.quiet)
-    state = RunState(out, total, done, progress)
-    device = "cuda" if settings.gpus_per_trial > 0 else "cpu"
-    setup = TrialSetup(
-        space_path=space.path,
-        dataset=settings.dataset,
-        recipe=settings.training_recipe().to_dict(),
-        seed=settings.seed,
-        threads=max(1, int(settings.cpus_per_trial)),
-        device=device,
-    )
-    manifest: dict[str, Any] = {
-        "command": command,
-        "settings": _settings_dict(settings),
-        "versions": _versions(),
-        "machine": _machine(),
-        "seed": settings.seed,
-        "started": started,
-        "ended": None,
-        "ray_address": None,
-        "resumed": resume,
-        "dataset": {
-            "spec": settings.dataset,
-            "classes": dataset.num_classes,
-            "images": int(dataset.labels.shape[0]),
-        },
-    }
     interrupted = False
     with ray_session(settings) as where:
+        out, done = prepare_run_dir(settings, resume)
+        total = Proposer.total(settings, space)
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        progress = Progress(total, len(done), settings.quiet)
+        state = RunState(out, total, done, progress)
+        device = "cuda" if settings.gpus_per_trial > 0 else "cpu"
+        setup = TrialSetup(
+            space_path=space.path,
+            dataset=settings.dataset,
+            recipe=settings.training_recipe().to_dict(),
+            seed=settings.seed,
+            threads=max(1, int(settings.cpus_per_trial)),
+            device=device,
+            inject_fault=os.environ.get("SCALESEARCH_INJECT_FAULT", ""),
+        )
+        manifest: dict[str, Any] = {
+            "command": command,
+            "settings": _settings_dict(settings),
+            "versions": _versions(),
+            "machine": _machine(),
+            "seed": settings.seed,
+            "started": started,
+            "ended": None,
+            "ray_address": None,
+            "resumed": resume,
+            "dataset": {
+                "spec": settings.dataset,
+                "classes": dataset.num_classes,
+                "images": int(dataset.labels.shape[0]),
+            },
+        }
         manifest["ray_address"] = where
         atomic_write_json(out / "manifest.json", manifest)
         if len(done) < total:
             from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
             scheduler = (
-                ASHAScheduler(time_attr="training_iteration", max_t=settings.epochs, grace_period=1, reduction_factor=3)
+                # Early epochs of a proxy are noisy: compare after half the epochs, keep the best third.
+                ASHAScheduler(
+                    time_attr="training_iteration",
+                    max_t=settings.epochs,
+                    grace_period=max(1, settings.epochs // 2),
+                    reduction_factor=3,
+                )
                 if settings.scheduler == "asha"
                 else FIFOScheduler()
             )
@@ -792,7 +828,10 @@ def finish_run(
         "space": space.name,
         "space_path": space.path,
     }
-    family = family_table(space, coefficients, [float(p) for p in range(8)], num_classes=1000, in_channels=3)
+    from scalesearch.scaling import parse_phis
+
+    phis = parse_phis(settings.family_phis)
+    family = family_table(space, coefficients, phis, num_classes=1000, in_channels=3)
     atomic_write_json(out / "family.json", family)
     atomic_write_text(out / "family.md", render_family(family, "markdown"))
     plot_frontier([out], out / "frontier.png")

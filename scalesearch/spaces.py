@@ -32,6 +32,7 @@ SPACES_DIR = Path(os.environ.get("SCALESEARCH_SPACES", Path(__file__).resolve().
 DEFAULT_SPACE = "efficientnet_b0"
 TOP_LEVEL_KEYS = {
     "name",
+    "variant_prefix",
     "family",
     "architecture",
     "base",
@@ -286,7 +287,7 @@ def _parse_space(raw: Any, path: Path) -> SearchSpace:
         )
     return SearchSpace(
         name=str(top.get("name") or path.stem),
-        path=str(path),
+        path=str(path.resolve()),  # absolute: Ray workers run in other folders
         family_name=family_name,
         base=base,
         proxy=proxy,

@@ -19,9 +19,7 @@ def run_cli(capsys, *argv):
 
 
 def test_json_output_matches_the_schema(capsys):
-    status, out, _ = run_cli(
-        capsys, "family", *PAPER, "--phis", "0,1,2.5", "--num-classes", "10", "--format", "json"
-    )
+    status, out, _ = run_cli(capsys, "family", *PAPER, "--phis", "0,1,2.5", "--num-classes", "10", "--format", "json")
     assert status == 0
     family = json.loads(out)
     assert family["rule"] == "compound"

@@ -37,9 +37,7 @@ def test_golden_parameter_counts(space, index):
 @pytest.mark.parametrize("index", [0, 1, 2, 3])
 def test_golden_flops_within_five_percent(space, index):
     variant = space.reference[index]
-    cost = measure_cost(
-        space.family.build(space.reference_spec(variant)), resolution=variant.resolution, in_channels=3
-    )
+    cost = measure_cost(space.family.build(space.reference_spec(variant)), resolution=variant.resolution, in_channels=3)
     assert cost.flops / 1e9 == pytest.approx(GOLDEN_GFLOPS[index], rel=0.05)
     # Elementwise ops are recorded, not counted (fvcore's convention).
     assert "aten::sigmoid" in cost.uncounted_ops
@@ -49,9 +47,7 @@ def test_golden_flops_within_five_percent(space, index):
 @pytest.mark.parametrize("index", [4, 5, 6, 7])
 def test_golden_flops_within_five_percent_large(space, index):
     variant = space.reference[index]
-    cost = measure_cost(
-        space.family.build(space.reference_spec(variant)), resolution=variant.resolution, in_channels=3
-    )
+    cost = measure_cost(space.family.build(space.reference_spec(variant)), resolution=variant.resolution, in_channels=3)
     assert cost.flops / 1e9 == pytest.approx(GOLDEN_GFLOPS[index], rel=0.05)
 
 

@@ -17,14 +17,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Turn coefficients (alpha, beta, gamma), a search's best.json, or the published "
         "EfficientNet table into a scaled family of concrete models with measured params and FLOPs.",
     )
-    parser.add_argument(
-        "--space", default=None, help="search-space YAML or shipped name (default: efficientnet_b0)"
-    )
+    parser.add_argument("--space", default=None, help="search-space YAML or shipped name (default: efficientnet_b0)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--reference", action="store_true", help="use the space's published table (B0..B7)")
-    source.add_argument(
-        "--from", dest="run_dir", metavar="RUN_DIR", help="use the coefficients in RUN_DIR/best.json"
-    )
+    source.add_argument("--from", dest="run_dir", metavar="RUN_DIR", help="use the coefficients in RUN_DIR/best.json")
     parser.add_argument("--alpha", type=float, help="depth coefficient (>= 1)")
     parser.add_argument("--beta", type=float, help="width coefficient (>= 1)")
     parser.add_argument("--gamma", type=float, help="resolution coefficient (>= 1)")
@@ -52,7 +48,7 @@ def read_best(run_dir: str) -> tuple[dict, str | None]:
 
 def run(args: argparse.Namespace) -> int:
     from scalesearch.export import family_table, render_family
-    from scalesearch.results import atomic_write_text
+    from scalesearch.results import write_or_print
     from scalesearch.scaling import Coefficients, parse_phis
     from scalesearch.spaces import DEFAULT_SPACE, load_space
 
@@ -82,9 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if sys.stderr.isatty():
         from tqdm import tqdm
 
-        progress = tqdm(
-            total=len(phis), desc="measuring variants", unit="variant", file=sys.stderr, leave=False
-        )
+        progress = tqdm(total=len(phis), desc="measuring variants", unit="variant", file=sys.stderr, leave=False)
     try:
         family = family_table(
             space,
@@ -98,9 +92,5 @@ def run(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.close()
     text = render_family(family, args.format)
-    if args.out:
-        atomic_write_text(args.out, text)
-        print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    write_or_print(text, args.out)
     return 0

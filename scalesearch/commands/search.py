@@ -39,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--out", default=None, help="run folder (default: results/runs/SPACE-DATASET-SAMPLER-TIME)")
     parser.add_argument("--resume", action="store_true", help="continue the search in --out (or the newest match)")
     parser.add_argument("--max-failures", type=int, default=None, help="retries of a failed trial")
+    parser.add_argument("--family-phis", default="0-7", help="variants of the output family (default 0-7)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--verbose", action="store_true", help="show Ray's and Optuna's own logs")
     output.add_argument("--quiet", action="store_true", help="print only the result")
@@ -89,6 +90,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         recipe=dict(space.recipe),
         address=args.address,
         out=out,
+        family_phis=args.family_phis,
         verbose=args.verbose,
         quiet=args.quiet,
         **values,

@@ -1,6 +1,8 @@
 """Scalable model families. Importing this package registers every built-in family."""
 
 from scalesearch.families import efficientnet as _efficientnet  # noqa: F401  (registers "efficientnet")
+from scalesearch.families import resnet as _resnet  # noqa: F401  (registers "resnet")
+from scalesearch.families import vit as _vit  # noqa: F401  (registers "vit")
 from scalesearch.families.base import (
     Family,
     ModelSpec,

@@ -1,0 +1,178 @@
+"""Search benchmarks, each measured side by side in one run (prints its figures).
+
+(a) Orchestration overhead per trial: the same proposals as a Ray Tune + Optuna search (concurrency 1)
+    and as a plain Python loop (plan_candidate + train_model), on the tiny test space.
+(b) 2 concurrent trials (1 thread each) against sequential trials (1 and 2 threads) on 2 cores.
+(c) Search cost: tpe + ASHA against the full (coarse) grid on digits with the shipped EfficientNet proxy,
+    same seeds: training epochs spent and the best accuracy found, against the grid's seed-to-seed spread.
+
+    .venv/bin/python benchmarks/bench_search.py [--only a,b,c] [--epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from scalesearch.candidates import plan_candidate
+from scalesearch.data import load_dataset
+from scalesearch.recipe import Recipe
+from scalesearch.scaling import Coefficients
+from scalesearch.search import SearchSettings, run_search
+from scalesearch.spaces import load_space
+from scalesearch.train import train_model
+
+TINY = str(Path(__file__).resolve().parent.parent / "tests" / "data" / "tiny_space.yaml")
+
+
+def rows(run_dir: Path) -> list[dict]:
+    with (run_dir / "trials.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def timed_search(settings: SearchSettings) -> tuple[float, Path]:
+    start = time.perf_counter()
+    run_search(settings)
+    return time.perf_counter() - start, Path(settings.out)
+
+
+def tiny_settings(out: Path, **changes: object) -> SearchSettings:
+    space = load_space(TINY)
+    base = SearchSettings(
+        space_path=space.path,
+        dataset="digits",
+        sampler="grid",
+        trials=6,
+        epochs=1,
+        scheduler="none",
+        concurrency=1,
+        cpus_per_trial=1,
+        out=str(out),
+        recipe=dict(space.recipe),
+        grid=dict(space.search["grid"]),
+        family_phis="0",
+        quiet=True,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def bench_overhead(tmp: Path) -> None:
+    seconds, run_dir = timed_search(tiny_settings(tmp / "a-search"))
+    trials = rows(run_dir)
+    training = sum(float(r["seconds"]) for r in trials)
+    space = load_space(TINY)
+    dataset = load_dataset("digits")
+    recipe = Recipe.from_mapping({**space.recipe, "epochs": 1})
+    start = time.perf_counter()
+    for row in trials:
+        coefficients = Coefficients(float(row["alpha"]), float(row["beta"]), float(row["gamma"]))
+        candidate = plan_candidate(space, coefficients, num_classes=10, in_channels=1)
+        train_model(
+            lambda c=candidate: space.proxy_family.build(c.spec),
+            dataset,
+            recipe,
+            resolution=candidate.spec.resolution,
+            seed=0,
+            threads=1,
+        )
+    loop = time.perf_counter() - start
+    n = len(trials)
+    print(f"(a) {n} tiny trials, 1 epoch, 1 thread")
+    print(f"    Ray Tune + Optuna search, whole command (Ray start, family table): {seconds:7.1f} s")
+    print(f"    ... of which inside trials (worker start, data load, training):      {training:7.1f} s")
+    print(f"    plain loop, same proposals (plan + train):                          {loop:7.1f} s")
+    print(f"    overhead per trial, whole command vs loop: {(seconds - loop) / n:5.2f} s")
+
+
+def bench_parallel(tmp: Path) -> None:
+    figures = {}
+    for label, changes in (
+        ("sequential, 1 thread", {"concurrency": 1, "cpus_per_trial": 1}),
+        ("sequential, 2 threads", {"concurrency": 1, "cpus_per_trial": 2}),
+        ("2 concurrent x 1 thread", {"concurrency": 2, "cpus_per_trial": 1}),
+    ):
+        seconds, _ = timed_search(
+            tiny_settings(tmp / f"b-{label[:5]}-{changes['cpus_per_trial']}", trials=8, **changes)
+        )
+        figures[label] = seconds
+        print(f"(b) {label:26s}: {seconds:6.1f} s for 8 trials")
+    best_sequential = min(figures["sequential, 1 thread"], figures["sequential, 2 threads"])
+    speedup = best_sequential / figures["2 concurrent x 1 thread"]
+    print(f"(b) speed-up of 2 concurrent over the faster sequential: {speedup:.2f}x")
+
+
+def bench_search_cost(tmp: Path, epochs: int) -> None:
+    space = load_space("efficientnet_b0")
+    common = {
+        "space_path": space.path,
+        "dataset": "digits",
+        "epochs": epochs,
+        "concurrency": 2,
+        "cpus_per_trial": 1,
+        "recipe": dict(space.recipe),
+        "grid": {**space.search["grid"], "step": 0.1},  # NNI's lattice: 1.0..2.0 x 1.0..1.5 x 1.0..1.5
+        "family_phis": "0",
+        "quiet": True,
+    }
+    grids = []
+    for seed in (0, 1):
+        settings = SearchSettings(
+            sampler="grid", trials=10_000, scheduler="none", seed=seed, out=str(tmp / f"c-grid-{seed}"), **common
+        )
+        seconds, run_dir = timed_search(settings)
+        grids.append((seconds, rows(run_dir), json.loads((run_dir / "best.json").read_text())))
+    trained = [r for r in grids[0][1] if r["final_val_accuracy"]]
+    grid_epochs = sum(int(r["epochs_run"]) for r in trained)
+    by_point = [
+        {(r["alpha"], r["beta"], r["gamma"]): float(r["final_val_accuracy"]) for r in g[1] if r["final_val_accuracy"]}
+        for g in grids
+    ]
+    shared = set(by_point[0]) & set(by_point[1])
+    spread = sum(abs(by_point[0][k] - by_point[1][k]) for k in shared) / max(1, len(shared))
+    tpe_settings = SearchSettings(
+        sampler="tpe", trials=max(6, len(trained) // 3), scheduler="asha", seed=0, out=str(tmp / "c-tpe"), **common
+    )
+    tpe_seconds, tpe_dir = timed_search(tpe_settings)
+    tpe_rows = rows(tpe_dir)
+    tpe_epochs = sum(int(r["epochs_run"]) for r in tpe_rows)
+    tpe_best = json.loads((tpe_dir / "best.json").read_text())
+    print(f"(c) digits, EfficientNet proxy, {epochs} epochs per full trial")
+    for seed, (seconds, grid_rows, best) in enumerate(grids):
+        print(
+            f"    grid seed {seed}: {len(grid_rows)} points, {sum(int(r['epochs_run']) for r in grid_rows)} epochs, "
+            f"best {best['value']:.4f} at ({best['alpha']}, {best['beta']}, {best['gamma']}), {seconds:.0f} s"
+        )
+    print(f"    grid seed-to-seed spread (mean |acc seed0 - acc seed1| per point): {spread:.4f}")
+    print(
+        f"    tpe + ASHA: {len(tpe_rows)} trials, {tpe_epochs} epochs, best {tpe_best['value']:.4f} at "
+        f"({tpe_best['alpha']:.3f}, {tpe_best['beta']:.3f}, {tpe_best['gamma']:.3f}), {tpe_seconds:.0f} s"
+    )
+    gap = grids[0][2]["value"] - tpe_best["value"]
+    print(
+        f"    epochs tpe/grid: {tpe_epochs / grid_epochs:.2f}; best gap grid - tpe: {gap:+.4f} "
+        f"({'within' if gap <= spread else 'outside'} the seed spread)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="a,b,c")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per full trial in (c)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
+        chosen = set(args.only.split(","))
+        if "a" in chosen:
+            bench_overhead(Path(tmp))
+        if "b" in chosen:
+            bench_parallel(Path(tmp))
+        if "c" in chosen:
+            bench_search_cost(Path(tmp), args.epochs)
+
+
+if __name__ == "__main__":
+    main()

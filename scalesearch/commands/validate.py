@@ -1,0 +1,77 @@
+"""`scalesearch validate`: does compound scaling beat single-dimension scaling at equal FLOPs, on this run's data?"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from scalesearch.errors import UserError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "validate",
+        help="train compound vs single-dimension scaling at equal FLOPs on the run's data",
+        description="Scale the run's proxy with the chosen coefficients and with each single-dimension "
+        "baseline (depth only alpha = 2^phi, width only beta = 2^(phi/2), resolution only gamma = "
+        "2^(phi/2)) to the same measured FLOPs target at each phi; train each for several seeds on "
+        "the run's dataset and recipe in parallel on Ray. Writes RUN_DIR/validation.csv and "
+        "validation.png and prints a verdict per phi.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished search run folder")
+    parser.add_argument("--phis", default="0,1,2", help="phi values: a list '0,1,2' (default) or a range '0-3'")
+    parser.add_argument("--baselines", default="depth,width,resolution", help="single-dimension baselines to train")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per strategy and phi (default 3)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the search's)")
+    parser.add_argument("--concurrency", type=int, default=None, help="jobs at once (default: the search's)")
+    parser.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs per job (default: the search's)")
+    parser.add_argument("--address", default=None, help="join a Ray cluster (default: the search's, else local)")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from scalesearch.export import read_run
+    from scalesearch.scaling import parse_phis
+    from scalesearch.tables import text_table
+    from scalesearch.validate import (
+        VERDICT_COLUMNS,
+        ValidationOptions,
+        parse_baselines,
+        run_validation,
+        summarize,
+        verdict,
+        verdict_note,
+        verdict_records,
+    )
+
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    options = ValidationOptions(
+        phis=tuple(parse_phis(args.phis)),
+        baselines=tuple(parse_baselines(args.baselines)),
+        seeds=args.seeds,
+        epochs=args.epochs,
+        concurrency=args.concurrency,
+        cpus_per_trial=args.cpus_per_trial,
+        address=args.address,
+        quiet=args.quiet,
+    )
+    run_folder = read_run(args.run_dir)
+    rows = run_validation(run_folder, options)
+    summary = summarize(rows)
+    table = summary.assign(
+        mean=summary["mean"].map(lambda v: "" if math.isnan(v) else f"{v:.4f}"),
+        std=summary["std"].map(lambda v: "" if math.isnan(v) else f"{v:.4f}"),
+        mflops=(summary["flops"] / 1e6).map(lambda v: f"{v:.3f}"),
+    )
+    print(text_table(table.to_dict("records"), ["phi", "strategy", "n", "mean", "std", "mflops", "flops_ratio",
+                                                "status"]))  # fmt: skip
+    print()
+    print(text_table(verdict_records(verdict(summary)), VERDICT_COLUMNS))
+    print(f"\n{verdict_note(rows)}")
+    failed = rows[rows["status"] == "failed"]
+    if len(failed):
+        print(f"{len(failed)} job(s) failed; see the error column of validation.csv")
+    print(f"wrote {run_folder.path / 'validation.csv'} and {run_folder.path / 'validation.png'}")
+    return 0

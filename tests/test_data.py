@@ -1,0 +1,359 @@
+"""Datasets on small real data: digits, synthetic, image folders (mixed formats and modes), npz.
+
+Also the split, the per-resolution resizing cache, augmentation, and every bad input of issue 3.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from scalesearch import data
+from scalesearch.data import augment_batch, load_dataset, resized_images, split_dataset
+from scalesearch.errors import UserError
+
+
+@pytest.fixture(autouse=True)
+def _isolated_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own on-disk cache and an empty per-process cache."""
+    monkeypatch.setenv("SCALESEARCH_CACHE", str(tmp_path / "cache"))
+    data.clear_dataset_cache()
+
+
+def _gradient(rng: np.random.Generator, size: tuple[int, int], channels: int) -> np.ndarray:
+    """A random smooth-ish uint8 image (H×W or H×W×C), so resizing has something to do."""
+    shape = (size[1], size[0]) if channels == 1 else (size[1], size[0], channels)
+    return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def write_folder(root: Path, *, gray_only: bool = False) -> Path:
+    """Three class folders of mixed formats (PNG, JPEG, BMP, WebP), modes and sizes; returns root."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("cat", "dog", "emu"):
+        (root / name).mkdir()
+        gray = _gradient(rng, (24, 24), 1)
+        Image.fromarray(gray, "L").save(root / name / "a.png")
+        Image.fromarray(_gradient(rng, (30, 20), 1), "L").save(root / name / "b.jpg", quality=90)
+        Image.fromarray(_gradient(rng, (24, 28), 1), "L").convert("LA").save(root / name / "c.png")
+        if not gray_only:
+            Image.fromarray(_gradient(rng, (24, 24), 3), "RGB").save(root / name / "d.bmp")
+            Image.fromarray(_gradient(rng, (40, 32), 4), "RGBA").save(root / name / "e.webp", lossless=True)
+            Image.fromarray(_gradient(rng, (24, 24), 3), "RGB").quantize(16).save(root / name / "f.png")
+            # A file that is not an image is ignored, not an error.
+            (root / name / "notes.txt").write_text("not an image")
+    return root
+
+
+# --- digits and synthetic -----------------------------------------------------------------------
+
+
+def test_digits_is_sklearns_8x8_digits() -> None:
+    dataset = load_dataset("digits")
+    assert dataset.images.shape == (1797, 1, 8, 8)
+    assert dataset.images.dtype == torch.uint8 and dataset.labels.dtype == torch.int64
+    assert dataset.num_classes == 10 and dataset.in_channels == 1 and dataset.native_size == 8
+    assert dataset.class_names == [str(i) for i in range(10)]
+    assert sum(dataset.class_counts().values()) == 1797
+    assert int(dataset.images.max()) == 255
+    assert dataset.augment_default is False  # a flipped digit is another digit
+    assert load_dataset("digits") is dataset  # per-process cache
+
+
+def test_synthetic_is_deterministic_by_seed_and_configurable() -> None:
+    first = load_dataset("synthetic:n=200,classes=4,size=16,channels=1,seed=3")
+    data.clear_dataset_cache()
+    again = load_dataset("synthetic:n=200,classes=4,size=16,channels=1,seed=3")
+    other = load_dataset("synthetic:n=200,classes=4,size=16,channels=1,seed=4")
+    assert first.images.shape == (200, 1, 16, 16)
+    assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
+    assert not torch.equal(first.images, other.images)
+    assert first.class_counts() == {name: 50 for name in first.class_names}  # balanced
+    default = load_dataset("synthetic")
+    assert (default.num_classes, default.in_channels, default.native_size, len(default.labels)) == (
+        10,
+        3,
+        32,
+        2000,
+    )
+
+
+def test_synthetic_classes_need_fine_detail_and_global_structure() -> None:
+    """Stripe direction is visible at native size and vanishes at half size; the layout survives."""
+    dataset = load_dataset("synthetic:n=400,classes=4,size=32,channels=1,noise=0.0")
+    # With 4 classes: left/h-stripes, left/v-stripes, top/h-stripes, top/v-stripes.
+    assert dataset.class_names == ["left/h-stripes", "left/v-stripes", "top/h-stripes", "top/v-stripes"]
+
+    def vertical_energy(images: torch.Tensor, label: int) -> float:
+        x = images[dataset.labels == label].float()
+        return float((x[:, :, 1:, :] - x[:, :, :-1, :]).abs().mean())
+
+    native, half = dataset.images, resized_images(dataset, 16)
+    # h-stripes alternate down the rows; v-stripes do not.
+    assert vertical_energy(native, 0) > 20 * vertical_energy(native, 1)
+    assert vertical_energy(half, 0) < 0.05 * vertical_energy(native, 0)
+
+    def left_minus_right(images: torch.Tensor, label: int) -> float:
+        x = images[dataset.labels == label].float()
+        w = x.shape[-1]
+        return float(x[..., : w // 3].mean() - x[..., -w // 3 :].mean())
+
+    # The "left" layout is bright on the left at any resolution; "top" is not.
+    for images in (native, half, resized_images(dataset, 8)):
+        assert left_minus_right(images, 0) > 40 and abs(left_minus_right(images, 2)) < 10
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("synthetic:colour=3", "unknown option"),
+        ("synthetic:n=many", "expects a number"),
+        ("synthetic:classes=1", "classes=1 is outside"),
+        ("synthetic:classes=99", "outside"),
+        ("synthetic:channels=2", "channels must be 1 or 3"),
+    ],
+)
+def test_synthetic_bad_options(spec: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        load_dataset(spec)
+
+
+# --- image folders ------------------------------------------------------------------------------
+
+
+def test_image_folder_with_mixed_formats_and_modes(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "pets")
+    dataset = load_dataset(f"imagefolder:{root}")
+    assert dataset.class_names == ["cat", "dog", "emu"]
+    assert dataset.class_counts() == {"cat": 6, "dog": 6, "emu": 6}
+    # RGB files present, so every image decodes to 3 channels; side = median shorter side (24).
+    assert dataset.images.shape == (18, 3, 24, 24)
+    assert dataset.in_channels == 3 and dataset.native_size == 24
+    assert dataset.skipped == [] and dataset.augment_default is True
+    # A grayscale PNG decodes to three equal channels.
+    gray = dataset.images[0]
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    assert torch.equal(gray[0], torch.from_numpy(np.array(Image.open(root / "cat" / "a.png"))))
+
+
+def test_image_folder_of_grayscale_files_has_one_channel_and_bare_path_works(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "gray", gray_only=True)
+    dataset = load_dataset(str(root))
+    assert dataset.in_channels == 1 and dataset.images.shape == (9, 1, 24, 24)
+
+
+def test_decoded_folder_is_cached_on_disk_keyed_by_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = write_folder(tmp_path / "pets")
+    cache = tmp_path / "own-cache"
+    first = load_dataset(f"imagefolder:{root}", cache_dir=str(cache))
+    files = list(cache.glob("imagefolder-*.npz"))
+    assert len(files) == 1 and not list(cache.glob("*.tmp"))
+
+    # A second run (fresh process cache) reads the cache instead of decoding.
+    data.clear_dataset_cache()
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("decoded again despite an up-to-date cache")
+
+    monkeypatch.setattr(data, "_decode_folder", no_decoding)
+    second = load_dataset(f"imagefolder:{root}", cache_dir=str(cache))
+    assert torch.equal(first.images, second.images) and second.class_names == first.class_names
+
+    # Changing a file changes the key, so the folder is decoded again.
+    monkeypatch.undo()
+    Image.new("L", (24, 24), 7).save(root / "cat" / "a.png")
+    os.utime(root / "cat" / "a.png", ns=(1, 1))
+    data.clear_dataset_cache()
+    third = load_dataset(f"imagefolder:{root}", cache_dir=str(cache))
+    assert len(list(cache.glob("imagefolder-*.npz"))) == 2
+    assert int(third.images[0].max()) == 7
+
+
+def test_corrupt_and_truncated_images_are_named_or_skipped(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "pets")
+    (root / "cat" / "broken.png").write_bytes(b"this is not a png at all")
+    whole = (root / "dog" / "a.png").read_bytes()
+    (root / "dog" / "cut.png").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UserError) as caught:
+        load_dataset(str(root))
+    message = str(caught.value)
+    assert "2 unreadable image file(s)" in message
+    assert "broken.png" in message and "cut.png" in message and "--skip-bad-images" in message
+
+    dataset = load_dataset(str(root), skip_bad_images=True)
+    assert len(dataset.skipped) == 2 and len(dataset.labels) == 18
+    # The cached decode still refuses the bad files without the flag.
+    data.clear_dataset_cache()
+    with pytest.raises(UserError, match="unreadable"):
+        load_dataset(str(root))
+
+
+def test_class_left_without_readable_images(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+    Image.new("L", (8, 8)).save(root / "a" / "x.png")
+    (root / "b" / "x.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(UserError, match=r"b: no readable images left"):
+        load_dataset(str(root), skip_bad_images=True)
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ({}, "no class sub-folders"),
+        ({"loose.png": None}, "images lie directly in it"),
+        ({"a/x.png": None, "b/readme.txt": "text"}, "b: class folder holds no images"),
+        ({"only/x.png": None}, "single class"),
+    ],
+)
+def test_unusable_folders(tmp_path: Path, layout: dict[str, str | None], message: str) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    for rel, text in layout.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        if text is None:
+            Image.new("L", (8, 8)).save(root / rel)
+        else:
+            (root / rel).write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_dataset(f"imagefolder:{root}")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("imagefolder:/no/such/dir", "no such directory"),
+        ("/no/such/dir", "no such directory"),
+        ("npz:/no/such/file.npz", "no such file"),
+        ("mnist", "unknown dataset 'mnist'"),
+        ("", "empty"),
+    ],
+)
+def test_missing_paths_and_unknown_specs(spec: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        load_dataset(spec)
+
+
+# --- npz ----------------------------------------------------------------------------------------
+
+
+def test_npz_grayscale_color_and_class_names(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(12, 10, 10), dtype=np.uint8)
+    y = np.array([5, 7] * 6)
+    np.savez(tmp_path / "gray.npz", x=x, y=y)
+    gray = load_dataset(f"npz:{tmp_path / 'gray.npz'}")
+    assert gray.images.shape == (12, 1, 10, 10) and gray.class_names == ["5", "7"]
+    assert gray.labels.tolist() == [0, 1] * 6
+    assert torch.equal(gray.images[:, 0], torch.from_numpy(x))
+
+    # N×H×W×C, non-square (centre-cropped), with class names.
+    rgb = rng.integers(0, 256, size=(6, 8, 12, 3), dtype=np.uint8)
+    np.savez(tmp_path / "rgb.npz", x=rgb, y=np.array([0, 1, 2] * 2), classes=np.array(["r", "g", "b"]))
+    color = load_dataset(f"npz:{tmp_path / 'rgb.npz'}")
+    assert color.images.shape == (6, 3, 8, 8) and color.class_names == ["r", "g", "b"]
+    assert torch.equal(color.images[0], torch.from_numpy(rgb[0, :, 2:10, :].transpose(2, 0, 1).copy()))
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.array([0, 1, 0])}, "4 images but y has 3 labels"),
+        ({"x": np.zeros((4, 8, 8), np.float32), "y": np.array([0, 1, 0, 1])}, "x must be uint8"),
+        ({"x": np.zeros((4, 64), np.uint8), "y": np.array([0, 1, 0, 1])}, "x must be N×H×W"),
+        ({"x": np.zeros((4, 8, 8, 5), np.uint8), "y": np.array([0, 1, 0, 1])}, "C = 1 or 3"),
+        ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.array([0.0, 1, 0, 1])}, "y must be a 1-D integer"),
+        ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.zeros(4, int)}, "single class"),
+        ({"images": np.zeros((4, 8, 8), np.uint8)}, "missing array"),
+    ],
+)
+def test_bad_npz(tmp_path: Path, arrays: dict[str, np.ndarray], message: str) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    with pytest.raises(UserError, match=message):
+        load_dataset(f"npz:{path}")
+
+
+def test_npz_with_pickled_objects_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.npz"
+    np.savez(path, x=np.zeros((2, 4, 4), np.uint8), y=np.array([{"a": 1}, {"b": 2}], dtype=object))
+    with pytest.raises(UserError, match="pickled Python objects"):
+        load_dataset(f"npz:{path}")
+
+
+def test_npz_that_is_not_an_archive(tmp_path: Path) -> None:
+    path = tmp_path / "junk.npz"
+    path.write_bytes(b"junk" * 10)
+    with pytest.raises(UserError, match="not an .npz archive"):
+        load_dataset(f"npz:{path}")
+
+
+# --- split, resizing, augmentation ---------------------------------------------------------------
+
+
+def test_split_is_stratified_deterministic_and_disjoint() -> None:
+    dataset = load_dataset("digits")
+    split = split_dataset(dataset, val_fraction=0.2, seed=0)
+    again = split_dataset(dataset, val_fraction=0.2, seed=0)
+    other = split_dataset(dataset, val_fraction=0.2, seed=1)
+    assert torch.equal(split.val_indices, again.val_indices) and split.mean == again.mean
+    assert not torch.equal(split.val_indices, other.val_indices)
+
+    train, val = set(split.train_indices.tolist()), set(split.val_indices.tolist())
+    assert not train & val and len(train | val) == 1797
+    total = torch.bincount(dataset.labels, minlength=10)
+    in_val = torch.bincount(dataset.labels[split.val_indices], minlength=10)
+    # Every class holds out round(20%) of its images.
+    assert in_val.tolist() == [round(0.2 * int(n)) for n in total]
+
+
+def test_normalization_statistics_come_from_the_train_split_only() -> None:
+    dataset = load_dataset("digits")
+    split = split_dataset(dataset, val_fraction=0.25, seed=0)
+    train = dataset.images[split.train_indices].double() / 255
+    assert split.mean[0] == pytest.approx(float(train.mean()))
+    assert split.std[0] == pytest.approx(float(train.std()))
+    # Blanking validation images leaves the statistics unchanged.
+    dataset.images[split.val_indices] = 0
+    try:
+        assert split_dataset(dataset, val_fraction=0.25, seed=0).mean == split.mean
+    finally:
+        data.clear_dataset_cache()
+
+
+def test_split_rejects_bad_fraction() -> None:
+    with pytest.raises(UserError, match="val_fraction"):
+        split_dataset(load_dataset("digits"), val_fraction=1.0, seed=0)
+
+
+def test_resizing_is_antialiased_and_cached_per_resolution() -> None:
+    checker = (np.indices((16, 16)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    dataset = data.Dataset(
+        images=torch.from_numpy(np.stack([checker, 255 - checker]))[:, None],
+        labels=torch.tensor([0, 1]),
+        class_names=["a", "b"],
+        spec="test",
+    )
+    half = resized_images(dataset, 8)
+    assert half.shape == (2, 1, 8, 8) and half.dtype == torch.uint8
+    # Antialiasing averages the 1-pixel checkerboard to flat gray (plain subsampling would keep 0/255).
+    interior = half[..., 1:-1, 1:-1]
+    assert int(interior.max()) - int(interior.min()) <= 2 and int(half.max()) - int(half.min()) <= 10
+    assert resized_images(dataset, 8) is half  # cached
+    assert resized_images(dataset, 16) is dataset.images
+    assert resized_images(dataset, 24).shape == (2, 1, 24, 24)
+
+
+def test_augmentation_crops_and_flips_deterministically() -> None:
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    first = augment_batch(images, torch.Generator().manual_seed(0))
+    again = augment_batch(images, torch.Generator().manual_seed(0))
+    assert first.shape == images.shape and torch.equal(first, again)
+    outputs = {augment_batch(images, torch.Generator().manual_seed(s))[0, 0].sum().item() for s in range(10)}
+    assert len(outputs) > 1  # shifts and flips vary with the seed
