@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/scalesearch family --reference
+	$(BIN)/scalesearch search
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check scalesearch tests benchmarks
