@@ -90,20 +90,26 @@ def bench_overhead(tmp: Path) -> None:
 
 
 def bench_parallel(tmp: Path) -> None:
+    """The trial phase (manifest's trials_wall_seconds) of 6 EfficientNet-proxy trials, 2 epochs each."""
+    space = load_space("efficientnet_b0")
     figures = {}
-    for label, changes in (
-        ("sequential, 1 thread", {"concurrency": 1, "cpus_per_trial": 1}),
-        ("sequential, 2 threads", {"concurrency": 1, "cpus_per_trial": 2}),
-        ("2 concurrent x 1 thread", {"concurrency": 2, "cpus_per_trial": 1}),
+    for label, concurrency, cpus in (
+        ("sequential, 1 thread", 1, 1),
+        ("sequential, 2 threads", 1, 2),
+        ("2 concurrent x 1 thread", 2, 1),
     ):
-        seconds, _ = timed_search(
-            tiny_settings(tmp / f"b-{label[:5]}-{changes['cpus_per_trial']}", trials=8, **changes)
-        )
-        figures[label] = seconds
-        print(f"(b) {label:26s}: {seconds:6.1f} s for 8 trials")
+        settings = SearchSettings(
+            space_path=space.path, dataset="digits", sampler="grid", trials=6, epochs=2, scheduler="none",
+            concurrency=concurrency, cpus_per_trial=cpus, out=str(tmp / f"b-{concurrency}-{cpus}"),
+            recipe=dict(space.recipe), grid=dict(space.search["grid"]), family_phis="0", quiet=True,
+        )  # fmt: skip
+        command_seconds, run_dir = timed_search(settings)
+        trial_phase = json.loads((run_dir / "manifest.json").read_text())["trials_wall_seconds"]
+        figures[label] = trial_phase
+        print(f"(b) {label:24s}: trial phase {trial_phase:6.1f} s, whole command {command_seconds:6.1f} s (6 trials)")
     best_sequential = min(figures["sequential, 1 thread"], figures["sequential, 2 threads"])
     speedup = best_sequential / figures["2 concurrent x 1 thread"]
-    print(f"(b) speed-up of 2 concurrent over the faster sequential: {speedup:.2f}x")
+    print(f"(b) trial-phase speed-up of 2 concurrent over the faster sequential: {speedup:.2f}x (target >= 1.7)")
 
 
 def bench_search_cost(tmp: Path, epochs: int) -> None:
