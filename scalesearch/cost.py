@@ -345,3 +345,45 @@ def measure_all_costs(
         device=str(torch.device(device)),
         uncounted_ops=uncounted,
     )
+
+
+def measure_latency_ratio(
+    model: nn.Module,
+    reference: nn.Module,
+    *,
+    resolutions: tuple[int, int],
+    in_channels: int,
+    threads: int = 1,
+    warmup: int = 3,
+    repeats: int = 15,
+) -> float:
+    """Median batch-1 CPU latency of `model` over that of `reference`, timed in alternation.
+
+    Alternating the two (rather than timing one, then the other) makes a change of load on a shared
+    machine hit both alike, so the ratio is steadier than either time. `threads` fixes torch's
+    intra-op threads for the measurement (restored afterwards): thread count changes latency more
+    than most candidates differ. `resolutions` are (model's, reference's).
+    """
+    if repeats < 1 or warmup < 0 or threads < 1:
+        raise ValueError("repeats and threads must be >= 1 and warmup >= 0")
+    pairs = [
+        (net, torch.randn(1, in_channels, resolution, resolution))
+        for net, resolution in ((model, resolutions[0]), (reference, resolutions[1]))
+    ]
+    times: tuple[list[float], list[float]] = ([], [])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        cpu = torch.device("cpu")
+        with _evaluating_on(model, cpu), _evaluating_on(reference, cpu), torch.inference_mode():
+            for _ in range(warmup):
+                for net, images in pairs:
+                    net(images)
+            for _ in range(repeats):
+                for index, (net, images) in enumerate(pairs):
+                    start = time.perf_counter()
+                    net(images)
+                    times[index].append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return statistics.median(times[0]) / statistics.median(times[1])

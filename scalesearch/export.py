@@ -35,6 +35,11 @@ TABLE_COLUMNS = [
     "flops_ratio",
     "theoretical_ratio",
 ]
+# Extra columns of `family_table(..., costs=True)`, shown after the FLOPs ones.
+COST_TABLE_COLUMNS = ["mactivations", "latency_ms", "throughput_ms", "train_memory_mb"]
+# Batch sizes of the measured costs of a family (B7 at 600 px on a CPU: keep them small).
+FAMILY_THROUGHPUT_BATCH = 8
+FAMILY_MEMORY_BATCH = 2
 
 
 def variant_name(phi: float, prefix: str = "B") -> str:
@@ -50,12 +55,20 @@ def family_table(
     num_classes: int = 1000,
     in_channels: int = 3,
     on_variant: Callable[[dict[str, Any]], None] | None = None,
+    costs: bool = False,
+    device: str = "cpu",
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Build and measure each variant; `coefficients=None` means the space's published reference table.
 
     Returns the JSON-ready family: coefficients, rule ("compound" or "reference"), the FLOPs
     convention, and one entry per φ with multipliers, stages, params, FLOPs, the FLOPs ratio to φ = 0
     and (compound only) the theoretical ratio (α·β²·γ²)^φ.
+
+    `costs=True` also measures, on `device`, activations, latency at batch 1 and at
+    FAMILY_THROUGHPUT_BATCH, and the peak memory of a training step at FAMILY_MEMORY_BATCH (opt-in:
+    B7 at 600 px takes minutes on a CPU), with `threads` torch threads (default: torch's current
+    count). The variants then carry those fields and `cost_conventions` says how they were measured.
     """
     from scalesearch.cost import FLOPS_CONVENTION, measure_cost
     from scalesearch.families import ModelSpec
@@ -80,29 +93,59 @@ def family_table(
         model = space.family.build(spec)
         return measure_cost(model, resolution=spec.resolution, in_channels=in_channels), space.family.stages(spec)
 
-    base_cost, _ = measure(spec_at(0.0))
-    variants = []
-    for phi in phis:
-        spec = spec_at(phi)
-        cost, stages = (base_cost, None) if phi == 0 else measure(spec)
-        stages = stages if stages is not None else space.family.stages(spec)
-        row = {
-            "name": space.reference[int(phi)].name if coefficients is None else variant_name(phi, space.variant_prefix),
-            "phi": phi,
-            "depth_mult": round(spec.depth_mult, 6),
-            "width_mult": round(spec.width_mult, 6),
-            "resolution": spec.resolution,
-            "dropout": spec.dropout,
-            "stages": [{"name": s.name, "channels": s.channels, "repeats": s.repeats} for s in stages],
-            "params": cost.params,
-            "flops": cost.flops,
-            "flops_ratio": round(cost.flops / base_cost.flops, 4),
-            "theoretical_ratio": None if coefficients is None else round(coefficients.product**phi, 4),
-            "uncounted_ops": cost.uncounted_ops,
+    def measure_more(spec: ModelSpec) -> dict[str, Any]:
+        from scalesearch.cost import measure_activations, measure_latency, measure_train_memory
+
+        model = space.family.build(spec)
+        image = {"resolution": spec.resolution, "in_channels": in_channels}
+        return {
+            "activations": measure_activations(model, **image),
+            "latency_batch1_s": measure_latency(model, **image, batch_size=1, device=device),
+            "latency_throughput_s": measure_latency(model, **image, batch_size=FAMILY_THROUGHPUT_BATCH, device=device),
+            "throughput_batch": FAMILY_THROUGHPUT_BATCH,
+            "peak_train_memory_bytes": measure_train_memory(
+                model, **image, batch_size=FAMILY_MEMORY_BATCH, device=device, num_classes=num_classes
+            ),
+            "memory_batch": FAMILY_MEMORY_BATCH,
+            "cost_device": device,
         }
-        variants.append(row)
-        if on_variant is not None:
-            on_variant(row)
+
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        # More threads than free cores makes CPU timings erratic (spinning workers wait on each other).
+        torch.set_num_threads(threads)
+    used_threads = torch.get_num_threads()
+    prefix = space.variant_prefix
+    try:
+        base_cost, _ = measure(spec_at(0.0))
+        variants = []
+        for phi in phis:
+            spec = spec_at(phi)
+            cost, stages = (base_cost, None) if phi == 0 else measure(spec)
+            stages = stages if stages is not None else space.family.stages(spec)
+            row = {
+                "name": space.reference[int(phi)].name if coefficients is None else variant_name(phi, prefix),
+                "phi": phi,
+                "depth_mult": round(spec.depth_mult, 6),
+                "width_mult": round(spec.width_mult, 6),
+                "resolution": spec.resolution,
+                "dropout": spec.dropout,
+                "stages": [{"name": s.name, "channels": s.channels, "repeats": s.repeats} for s in stages],
+                "params": cost.params,
+                "flops": cost.flops,
+                "flops_ratio": round(cost.flops / base_cost.flops, 4),
+                "theoretical_ratio": None if coefficients is None else round(coefficients.product**phi, 4),
+                "uncounted_ops": cost.uncounted_ops,
+            }
+            if costs:
+                row.update(measure_more(spec))
+            variants.append(row)
+            if on_variant is not None:
+                on_variant(row)
+    finally:
+        torch.set_num_threads(previous_threads)
     coefficient_block = None
     if coefficients is not None:
         shares = compute_shares(coefficients, target=space.target)
@@ -116,6 +159,16 @@ def family_table(
                 "width": round(shares.width, 4),
                 "resolution": round(shares.resolution, 4),
             },
+        }
+    extra: dict[str, Any] = {}
+    if costs:
+        from scalesearch.cost import ACTIVATIONS_CONVENTION, MEMORY_CONVENTION
+
+        extra["cost_conventions"] = {
+            "activations": ACTIVATIONS_CONVENTION,
+            "latency": f"median of 5 forward passes after 2 warm-up, on {device}, {used_threads} "
+            f"torch thread(s); batch 1 and batch {FAMILY_THROUGHPUT_BATCH}",
+            "memory": f"{MEMORY_CONVENTION}; batch {FAMILY_MEMORY_BATCH}",
         }
     return {
         "space": space.name,
@@ -133,13 +186,22 @@ def family_table(
         "num_classes": num_classes,
         "in_channels": in_channels,
         "variants": variants,
+        **extra,
     }
 
 
 def _summary_rows(family: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for v in family["variants"]:
-        rows.append({**v, "gflops": round(v["flops"] / 1e9, 4) if v["flops"] >= 1e7 else v["flops"] / 1e9})
+        row = {**v, "gflops": round(v["flops"] / 1e9, 4) if v["flops"] >= 1e7 else v["flops"] / 1e9}
+        if "latency_batch1_s" in v:
+            row.update(
+                mactivations=round(v["activations"] / 1e6, 3),
+                latency_ms=round(v["latency_batch1_s"] * 1e3, 2),
+                throughput_ms=round(v["latency_throughput_s"] * 1e3, 2),
+                train_memory_mb=round(v["peak_train_memory_bytes"] / 2**20, 1),
+            )
+        rows.append(row)
     return rows
 
 
@@ -165,6 +227,17 @@ def render_family(family: dict[str, Any], fmt: str) -> str:
         return str(yaml.safe_dump(family, sort_keys=False))
     rows = _summary_rows(family)
     columns = TABLE_COLUMNS if family["coefficients"] is not None else TABLE_COLUMNS[:-1]
+    has_costs = bool(family["variants"]) and "latency_batch1_s" in family["variants"][0]
+    if has_costs:
+        columns = [*columns, *COST_TABLE_COLUMNS]
+    cost_note = ""
+    if has_costs:
+        conventions = family.get("cost_conventions", {})
+        cost_note = (
+            f"mactivations: millions of {conventions.get('activations', 'activations')}; latency_ms / "
+            f"throughput_ms: {conventions.get('latency', 'measured latency')}; train_memory_mb: "
+            f"{conventions.get('memory', 'peak training-step memory')}.\n"
+        )
     stage_lines = [
         f"{v['name']}: " + " ".join(f"{s['channels']}x{s['repeats']}" for s in v["stages"]) for v in family["variants"]
     ]
@@ -175,6 +248,7 @@ def render_family(family: dict[str, Any], fmt: str) -> str:
             + "\n\nStages (channels x repeats, stem ... head):\n\n"
             + "\n".join(f"- {line}" for line in stage_lines)
             + "\n"
+            + (f"\n{cost_note}" if cost_note else "")
         )
     if fmt == "table":
         return (
@@ -184,6 +258,7 @@ def render_family(family: dict[str, Any], fmt: str) -> str:
             + "\n\nstages (channels x repeats, stem ... head):\n"
             + "\n".join(f"  {line}" for line in stage_lines)
             + f"\nFLOPs: {family['flops_convention']}\n"
+            + cost_note
         )
     raise UserError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
 

@@ -94,30 +94,70 @@ def simplex_points(trials: pd.DataFrame) -> pd.DataFrame:
     ).dropna(subset=["x", "y"])
 
 
+# How the frontier's x axis shows each cost a Pareto front can trade accuracy against.
+_COST_AXES = {
+    "flops": (1e-6, "proxy MFLOPs at φ = 1 (fvcore, multiply-adds)", "FLOPs"),
+    "latency_batch1_s": (1e3, "proxy latency at batch 1, ms (median, trial's device)", "latency"),
+    "activations": (1e-3, "proxy activations at batch 1, thousands (conv/linear outputs)", "activations"),
+    "params": (1e-3, "proxy parameters, thousands", "params"),
+}
+
+
+def frontier_cost(run_dirs: Sequence[str | os.PathLike[str]]) -> str:
+    """The trials.csv column the frontier plots accuracy against: the first run's multi-objective
+    cost (best.json's `pareto_cost`), else FLOPs."""
+    for run_dir in run_dirs[:1]:
+        best = _read_best(run_dir) or {}
+        cost = best.get("pareto_cost")
+        if cost in _COST_AXES and cost in load_trials(run_dir).columns:
+            return str(cost)
+    return "flops"
+
+
+def front_rows(trials: pd.DataFrame, cost: str = "flops") -> pd.DataFrame:
+    """A run's Pareto front as trials.csv marks it (`pareto` column, for this cost), else computed."""
+    completed = trials[(trials["status"] == "completed") & trials["final_val_accuracy"].notna()]
+    if "pareto" in trials.columns:
+        marked = completed[completed["pareto"].astype(str).str.lower() == "true"]
+        if len(marked) or not len(completed):
+            return marked.sort_values(cost)
+    return pareto_front(completed, cost=cost)
+
+
 def _draw_frontier(axis: Any, run_dirs: Sequence[str | os.PathLike[str]]) -> None:
     """Every trained trial of each run, its Pareto front and its chosen point, on one axis."""
+    cost = frontier_cost(run_dirs)
+    scale, xlabel, title = _COST_AXES[cost]
     for run_dir in run_dirs:
         trials = load_trials(run_dir)
+        if cost not in trials.columns:
+            continue
         label = Path(run_dir).name
         trained = trials[trials["final_val_accuracy"].notna()]
         for status, marker in (("completed", "o"), ("stopped", "x")):
             subset = trained[trained["status"] == status]
             if len(subset):
-                axis.scatter(subset["flops"] / 1e6, subset["final_val_accuracy"], marker=marker, alpha=0.7,
+                axis.scatter(subset[cost] * scale, subset["final_val_accuracy"], marker=marker, alpha=0.7,
                              label=f"{label}: {status} ({len(subset)})")  # fmt: skip
-        front = pareto_front(trained[trained["status"] == "completed"])
-        if len(front):
-            axis.plot(front["flops"] / 1e6, front["final_val_accuracy"], "-", alpha=0.6, label=f"{label}: Pareto front")
         best = _read_best(run_dir)
+        same_cost = cost == ((best or {}).get("pareto_cost") or "flops")
+        front = front_rows(trials, cost) if same_cost else pareto_front(trained[trained["status"] == "completed"],
+                                                                        cost=cost)  # fmt: skip
+        if len(front):
+            axis.plot(front[cost] * scale, front["final_val_accuracy"], "-", alpha=0.6, color="0.3")
+            # Ringed points: the non-dominated trials (trials.csv's `pareto` column).
+            axis.scatter(front[cost] * scale, front["final_val_accuracy"], s=110, facecolors="none",
+                         edgecolors="0.2", linewidths=1.2, zorder=4,
+                         label=f"{label}: Pareto front ({len(front)})")  # fmt: skip
         if best is not None:
             chosen = trials[trials["trial"] == best["trial"]]
             if len(chosen):
                 chosen_label = f"chosen α={best['alpha']:.3f} β={best['beta']:.3f} γ={best['gamma']:.3f}"
-                axis.scatter(chosen["flops"] / 1e6, chosen["final_val_accuracy"], s=220, marker="*", color="crimson",
+                axis.scatter(chosen[cost] * scale, chosen["final_val_accuracy"], s=220, marker="*", color="crimson",
                              zorder=5, label=chosen_label)  # fmt: skip
-    axis.set_xlabel("proxy MFLOPs at φ = 1 (fvcore, multiply-adds)")
+    axis.set_xlabel(xlabel)
     axis.set_ylabel("final validation accuracy")
-    axis.set_title("Accuracy vs FLOPs of every trial")
+    axis.set_title(f"Accuracy vs {title} of every trial")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="lower right")
 

@@ -9,9 +9,16 @@ Who does what:
   (`plan_candidate`), records infeasible ones without training, hands feasible ones to Tune. It is our
   own Optuna bridge rather than Ray's OptunaSearch because resume is rebuilt from trials.csv (the run's
   source of truth) and infeasible points must be filtered before any worker is spent on them.
-- `run_trial` (Ray worker): trains one candidate, reporting every epoch so ASHA can stop it.
+- `run_trial` (Ray worker): measures the candidate's activations, latency and training-step memory on
+  the trial's device (`measure_trial_costs`), then trains it, reporting every epoch so ASHA can stop it.
 - `RunRecorder` (driver, a Ray Tune Callback): writes trials.csv atomically as trials finish and draws
   the live progress line.
+
+`--constraint COST` puts the budget on flops (default), latency, activations or params (see
+candidates.py). `--objective accuracy,COST` makes the Optuna study multi-objective (maximize accuracy,
+minimize COST; TPE, GP and random samplers all take two directions); trials.csv's `pareto` column
+marks the non-dominated completed trials, and best.json takes the most accurate of them and lists
+the front.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from scalesearch.errors import UserError
 from scalesearch.recipe import Recipe
@@ -47,7 +54,23 @@ TRIAL_COLUMNS = [
     "realized_depth", "realized_width", "realized_resolution", "depth_mult", "width_mult", "resolution",
     "corrected", "params", "flops", "flops_ratio", "final_val_accuracy", "best_val_accuracy",
     "epochs_run", "seconds", "error",
+    # Costs beside FLOPs. constraint/constraint_ratio come from planning (every row); the measured
+    # ones from the worker, on the trial's device (empty for infeasible rows, which never reach one).
+    "constraint", "constraint_ratio", "activations", "latency_batch1_s", "latency_throughput_s",
+    "throughput_batch", "peak_train_memory_bytes", "memory_batch", "cost_device", "pareto",
 ]  # fmt: skip
+# What a cost named in --constraint / --objective is, as a trials.csv column (lower is better).
+COST_COLUMNS = {
+    "flops": "flops",
+    "latency": "latency_batch1_s",
+    "activations": "activations",
+    "params": "params",
+}
+# Worker-measured costs: small batches and few repeats keep the overhead at a fraction of a second
+# on a proxy. Latency is a median after warm-up on the trial's own threads and device.
+THROUGHPUT_BATCH = 32
+COST_WARMUP = 2
+COST_REPEATS = 5
 # Settings that define a search: a resumed run must match them all.
 FINGERPRINT_KEYS = (
     "space_sha256",
@@ -59,7 +82,11 @@ FINGERPRINT_KEYS = (
     "seed",
     "recipe",
     "grid",
+    "constraint",
+    "objective",
 )
+# Fingerprint values of keys that searches made before the key existed implicitly had.
+FINGERPRINT_DEFAULTS = {"constraint": "flops", "objective": "accuracy"}
 
 
 @dataclass(frozen=True)
@@ -81,6 +108,8 @@ class SearchSettings:
     max_failures: int = 0
     recipe: Mapping[str, Any] = field(default_factory=dict)  # Recipe fields (epochs set from `epochs`)
     grid: Mapping[str, Any] = field(default_factory=dict)  # grid bounds and step
+    constraint: str = "flops"  # the cost whose ratio to the proxy base must be target^φ (COST_COLUMNS)
+    objective: str = "accuracy"  # "accuracy", or "accuracy,COST": maximize accuracy, minimize COST
     family_phis: str = "0-7"  # the variants family.json lists (not part of the fingerprint)
     verbose: bool = False
     quiet: bool = False
@@ -101,7 +130,27 @@ class SearchSettings:
             raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
         if self.max_failures < 0:
             raise UserError(f"--max-failures must be >= 0, got {self.max_failures}")
+        if self.constraint not in COST_COLUMNS:
+            raise UserError(f"unknown constraint {self.constraint!r} (choose from {', '.join(COST_COLUMNS)})")
+        self.objective_cost()
         self.training_recipe()
+
+    def objective_cost(self) -> str | None:
+        """The cost a multi-objective search minimizes beside accuracy; None for accuracy alone."""
+        parts = [part.strip() for part in str(self.objective).split(",")]
+        if parts == ["accuracy"]:
+            return None
+        if len(parts) == 2 and parts[0] == "accuracy" and parts[1] in COST_COLUMNS:
+            return parts[1]
+        raise UserError(
+            f"unknown objective {self.objective!r} (choose accuracy, or accuracy,COST with COST one of "
+            f"{', '.join(COST_COLUMNS)})"
+        )
+
+    def pareto_cost(self) -> str:
+        """The trials.csv column the Pareto front trades accuracy against (FLOPs for accuracy alone)."""
+        cost = self.objective_cost()
+        return COST_COLUMNS[cost] if cost else "flops"
 
     def training_recipe(self) -> Recipe:
         """The proxy recipe: the space's recipe with the search's epoch count."""
@@ -171,17 +220,19 @@ class Proposer:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.DEBUG if self.settings.verbose else optuna.logging.WARNING)
-        self.study = optuna.create_study(direction="maximize", sampler=self._sampler(0))
+        cost = self.settings.objective_cost()
+        directions: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"] if cost else ["maximize"]
+        self.study = optuna.create_study(directions=directions, sampler=self._sampler(0))
         for number in sorted(done):
             row = done[number]
             shares = share_params(Coefficients(float(row["alpha"]), float(row["beta"]), float(row["gamma"])))
-            value = _float_or_none(row.get("final_val_accuracy"))
-            state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
+            values = objective_values(row, cost)
+            state = optuna.trial.TrialState.COMPLETE if values is not None else optuna.trial.TrialState.FAIL
             self.study.add_trial(
                 optuna.trial.create_trial(
                     params=shares,
                     distributions=share_distributions(),
-                    value=value if state == optuna.trial.TrialState.COMPLETE else None,
+                    values=values,
                     state=state,
                 )
             )
@@ -198,8 +249,9 @@ class Proposer:
         self.asked[number] = trial
         return number, shares_to_coefficients(trial.params, self.space.target)
 
-    def tell(self, number: int, value: float | None, epochs: list[float] | None = None) -> None:
-        """Tell the sampler how proposal `number` did (None: failed or infeasible)."""
+    def tell(self, number: int, value: float | list[float] | None, epochs: list[float] | None = None) -> None:
+        """Tell the sampler how proposal `number` did: its accuracy, or [accuracy, cost] for a
+        multi-objective search (None: failed or infeasible)."""
         if self.study is None or number not in self.asked:
             return
         import optuna
@@ -209,6 +261,17 @@ class Proposer:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
         self.study.tell(trial, value)
+
+
+def objective_values(row: Mapping[str, Any], cost: str | None) -> list[float] | None:
+    """[accuracy] or [accuracy, the objective cost] of a finished trial row; None when untrained."""
+    accuracy = _float_or_none(row.get("final_val_accuracy"))
+    if accuracy is None:
+        return None
+    if cost is None:
+        return [accuracy]
+    value = _float_or_none(row.get(COST_COLUMNS[cost]))
+    return None if value is None else [accuracy, value]
 
 
 def share_distributions() -> dict[str, Any]:
@@ -264,6 +327,8 @@ def fingerprint(settings: SearchSettings) -> dict[str, Any]:
         "seed": settings.seed,
         "recipe": settings.training_recipe().to_dict(),
         "grid": dict(settings.grid),
+        "constraint": settings.constraint,
+        "objective": settings.objective,
     }
 
 
@@ -276,14 +341,40 @@ def read_trials(path: Path) -> dict[int, dict[str, Any]]:
     return {int(row["trial"]): row for row in rows if row.get("status") in STATUSES}
 
 
-def write_trials(path: Path, rows: Mapping[int, Mapping[str, Any]]) -> None:
-    """All finished trials, sorted by number, atomically."""
+def write_trials(path: Path, rows: Mapping[int, Mapping[str, Any]], *, pareto_cost: str = "flops") -> None:
+    """All finished trials, sorted by number, atomically; `pareto` marks the completed trials on the
+    accuracy-vs-`pareto_cost` Pareto front."""
+    front = pareto_trials(rows, pareto_cost)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=TRIAL_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for number in sorted(rows):
-        writer.writerow({key: _csv_value(rows[number].get(key)) for key in TRIAL_COLUMNS})
+        values = {key: _csv_value(rows[number].get(key)) for key in TRIAL_COLUMNS}
+        values["pareto"] = number in front
+        writer.writerow(values)
     atomic_write_text(path, buffer.getvalue())
+
+
+def pareto_trials(rows: Mapping[int, Mapping[str, Any]], cost: str) -> set[int]:
+    """Numbers of the completed trials not dominated in (final accuracy up, `cost` column down).
+
+    ASHA-stopped trials trained fewer epochs and are left out, as in best_row. The front is
+    plots.pareto_front's, so the column and the plots agree.
+    """
+    import pandas as pd
+
+    from scalesearch.plots import pareto_front
+
+    points = [
+        {"trial": int(number), cost: _float_or_none(row.get(cost)),
+         "final_val_accuracy": _float_or_none(row.get("final_val_accuracy"))}
+        for number, row in rows.items()
+        if row.get("status") == "completed"
+    ]  # fmt: skip
+    if not points:
+        return set()
+    front = pareto_front(pd.DataFrame(points), cost=cost)
+    return {int(t) for t in front["trial"]}
 
 
 def _csv_value(value: Any) -> Any:
@@ -314,7 +405,7 @@ def prepare_run_dir(settings: SearchSettings, resume: bool) -> tuple[Path, dict[
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{meta_path} is not a scalesearch search file") from None
     current = fingerprint(settings)
-    differing = [key for key in FINGERPRINT_KEYS if saved.get(key) != current.get(key)]
+    differing = [key for key in FINGERPRINT_KEYS if saved.get(key, FINGERPRINT_DEFAULTS.get(key)) != current.get(key)]
     if differing:
         raise UserError(f"{out} holds a different search (differs in: {', '.join(differing)})")
     return out, read_trials(out / "trials.csv")
@@ -472,9 +563,12 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             raise RuntimeError("diverged: injected non-finite loss")
         raise RuntimeError("injected fault")
 
+    costs = measure_trial_costs(family.build(spec), spec, setup)
+
     def report(metrics: Any) -> None:
         tune.report(
             {
+                **costs,
                 "val_accuracy": metrics.val_accuracy,
                 "val_loss": metrics.val_loss,
                 "train_loss": metrics.train_loss,
@@ -503,6 +597,43 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         if "out of memory" in str(error).lower():
             raise RuntimeError("out of memory") from None
         raise
+
+
+def measure_trial_costs(model: Any, spec: Any, setup: TrialSetup) -> dict[str, Any]:
+    """The trials.csv cost columns measured in the worker: activations, latency at batch 1 and
+    THROUGHPUT_BATCH, and the peak memory of one training step at the recipe's batch size, on the
+    trial's device and thread count. Weights do not change these, so an untrained copy is measured."""
+    import torch
+
+    from scalesearch.cost import measure_activations, measure_latency, measure_train_memory
+
+    image = {"resolution": spec.resolution, "in_channels": spec.in_channels}
+    memory_batch = int(setup.recipe.get("batch_size", 32))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(setup.threads)
+    try:
+        latency = {
+            batch: measure_latency(model, **image, batch_size=batch, device=setup.device, warmup=COST_WARMUP,
+                                   repeats=COST_REPEATS)
+            for batch in (1, THROUGHPUT_BATCH)
+        }  # fmt: skip
+        memory = measure_train_memory(model, **image, batch_size=memory_batch, device=setup.device)
+        activations = measure_activations(model, **image)
+    finally:
+        torch.set_num_threads(previous)
+    return {
+        "activations": activations,
+        "latency_batch1_s": latency[1],
+        "latency_throughput_s": latency[THROUGHPUT_BATCH],
+        "throughput_batch": THROUGHPUT_BATCH,
+        "peak_train_memory_bytes": memory,
+        "memory_batch": memory_batch,
+        "cost_device": setup.device,
+    }
+
+
+WORKER_COST_KEYS = ("activations", "latency_batch1_s", "latency_throughput_s", "throughput_batch",
+                    "peak_train_memory_bytes", "memory_batch", "cost_device")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -548,8 +679,11 @@ class Progress:
 class RunState:
     """The finished trials of the run, written to trials.csv each time one finishes."""
 
-    def __init__(self, out: Path, total: int, rows: dict[int, dict[str, Any]], progress: Progress):
+    def __init__(
+        self, out: Path, total: int, rows: dict[int, dict[str, Any]], progress: Progress, pareto_cost: str = "flops"
+    ):
         self.out = out
+        self.pareto_cost = pareto_cost
         self.total = total
         self.rows = rows
         self.progress = progress
@@ -571,15 +705,17 @@ class RunState:
     def finish(self, number: int, row: dict[str, Any]) -> None:
         self.running.pop(number, None)
         self.rows[number] = {"trial": number, **row}
-        write_trials(self.out / "trials.csv", self.rows)
+        write_trials(self.out / "trials.csv", self.rows, pareto_cost=self.pareto_cost)
         self.refresh(f"trial {number} {row['status']}")
 
     def refresh(self, event: str | None = None) -> None:
         self.progress.show(self.counts(), len(self.running), self.best_text(), event)
 
 
-def best_row(rows: Mapping[int, Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The chosen trial: highest final accuracy among completed trials (then fewer FLOPs, lower number).
+def best_row(rows: Mapping[int, Mapping[str, Any]], cost: str = "flops") -> Mapping[str, Any] | None:
+    """The chosen trial: highest final accuracy among completed trials (then the lower `cost` column,
+    FLOPs by default, then the lower number). The most accurate completed trial is always on the
+    accuracy-vs-cost Pareto front, so this is also a multi-objective run's choice.
 
     ASHA-stopped trials trained fewer epochs, so they compete only when nothing completed.
     """
@@ -592,7 +728,12 @@ def best_row(rows: Mapping[int, Mapping[str, Any]]) -> Mapping[str, Any] | None:
         scored = [r for r in rows.values() if _float_or_none(r.get("final_val_accuracy")) is not None]
     if not scored:
         return None
-    return max(scored, key=lambda r: (float(r["final_val_accuracy"]), -float(r["flops"]), -int(r["trial"])))
+
+    def key(r: Mapping[str, Any]) -> tuple[float, float, int]:
+        spent = _float_or_none(r.get(cost))
+        return float(r["final_val_accuracy"]), -(spent if spent is not None else math.inf), -int(r["trial"])
+
+    return max(scored, key=key)
 
 
 def make_searcher(
@@ -616,7 +757,8 @@ def make_searcher(
                     # Tune's documented sentinel for "no more trials".
                     return Searcher.FINISHED  # type: ignore[return-value]
                 number, coefficients = proposal
-                candidate = plan_candidate(space, coefficients, num_classes=num_classes, in_channels=in_channels)
+                candidate = plan_candidate(space, coefficients, num_classes=num_classes, in_channels=in_channels,
+                                           constraint=settings.constraint)  # fmt: skip
                 row = candidate.row(space.target)
                 if not candidate.feasible:
                     self.proposer.tell(number, None)
@@ -632,8 +774,11 @@ def make_searcher(
             number = self.numbers.pop(trial_id, None)
             if number is None:
                 return
-            value = None if error or not result else _float_or_none(result.get("val_accuracy"))
-            self.proposer.tell(number, value)
+            # The recorder may have moved the trial from running to rows already.
+            row = {**state.rows.get(number, {}), **state.running.get(number, {}), **(result or {})}
+            row["final_val_accuracy"] = None if error else row.get("val_accuracy")
+            values = objective_values(row, settings.objective_cost())
+            self.proposer.tell(number, values)
 
     return CoefficientSearcher()
 
@@ -648,6 +793,7 @@ def make_recorder(settings: SearchSettings, state: RunState) -> Any:
         ) -> None:
             number = trial.config.get("trial_number")
             if number in state.running:
+                state.running[number].update({k: result[k] for k in WORKER_COST_KEYS if k in result})
                 state.running[number]["accuracies"].append(float(result["val_accuracy"]))
                 state.refresh()
 
@@ -718,7 +864,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, command: str =
         total = Proposer.total(settings, space)
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         progress = Progress(total, len(done), settings.quiet)
-        state = RunState(out, total, done, progress)
+        state = RunState(out, total, done, progress, pareto_cost=settings.pareto_cost())
         device = "cuda" if settings.gpus_per_trial > 0 else "cpu"
         setup = TrialSetup(
             space_path=space.path,
@@ -812,9 +958,11 @@ def finish_run(
     from scalesearch.export import family_table, render_family
     from scalesearch.plots import plot_frontier
 
-    best = best_row(rows)
+    cost = settings.pareto_cost()
+    best = best_row(rows, cost)
     if best is None:
         raise UserError(f"no trial finished training (see {out / 'trials.csv'}); nothing to choose")
+    front = sorted(pareto_trials(rows, cost))
     coefficients = Coefficients(float(best["alpha"]), float(best["beta"]), float(best["gamma"]))
     result = {
         "alpha": coefficients.alpha,
@@ -827,10 +975,25 @@ def finish_run(
         "value": float(best["final_val_accuracy"]),
         "trial": int(best["trial"]),
         "proxy_flops_ratio": float(best["flops_ratio"]),
+        "constraint": settings.constraint,
+        "proxy_constraint_ratio": _float_or_none(best.get("constraint_ratio")),
+        "objective": settings.objective,
         "dataset": settings.dataset,
         "space": space.name,
         "space_path": space.path,
     }
+    if settings.objective_cost():
+        # A multi-objective run: the chosen point is the most accurate on the front; the rest of the
+        # front are the cheaper trade-offs.
+        result["pareto_cost"] = cost
+        result["pareto_front"] = [
+            {
+                "trial": number,
+                **{k: float(rows[number][k]) for k in ("alpha", "beta", "gamma", "final_val_accuracy")},
+                cost: _float_or_none(rows[number].get(cost)),
+            }
+            for number in front
+        ]
     from scalesearch.scaling import parse_phis
 
     phis = parse_phis(settings.family_phis)

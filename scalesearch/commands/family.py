@@ -27,6 +27,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--phis", default="0-7", help="a range '0-7' (default) or a list '0,1,2.5'")
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
     parser.add_argument("--in-channels", type=int, default=3, help="input image channels (default 3)")
+    parser.add_argument(
+        "--costs",
+        action="store_true",
+        help="also measure activations, latency (batch 1 and 8) and training-step peak memory (batch 2) of "
+        "each variant on this machine's CPU (slow for B5-B7)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads for --costs timings (default: torch's own count)"
+    )
     parser.add_argument("--format", choices=["table", "json", "yaml", "markdown"], default="table")
     parser.add_argument("--out", metavar="FILE", help="write to FILE (atomically) instead of standard output")
     return parser
@@ -54,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_classes < 1 or args.in_channels < 1:
         raise UserError("--num-classes and --in-channels must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
     phis = parse_phis(args.phis)
     given = [args.alpha, args.beta, args.gamma]
     space_name = args.space
@@ -87,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
             num_classes=args.num_classes,
             in_channels=args.in_channels,
             on_variant=(lambda _row: progress.update(1)) if progress else None,
+            costs=args.costs,
+            threads=args.threads,
         )
     finally:
         if progress is not None:

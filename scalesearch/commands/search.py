@@ -13,7 +13,7 @@ from scalesearch.errors import UserError
 
 # Flags that override the space's `search:` section; None means "not given on the command line".
 OVERRIDABLE = ("dataset", "sampler", "trials", "epochs", "scheduler", "concurrency", "cpus_per_trial",
-               "gpus_per_trial", "seed", "max_failures")  # fmt: skip
+               "gpus_per_trial", "seed", "max_failures", "constraint", "objective")  # fmt: skip
 SEARCH_KEYS = {*OVERRIDABLE, "grid"}
 
 
@@ -39,6 +39,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--out", default=None, help="run folder (default: results/runs/SPACE-DATASET-SAMPLER-TIME)")
     parser.add_argument("--resume", action="store_true", help="continue the search in --out (or the newest match)")
     parser.add_argument("--max-failures", type=int, default=None, help="retries of a failed trial")
+    parser.add_argument(
+        "--constraint",
+        default=None,
+        help="the cost whose measured ratio to the proxy base must be target^phi: flops (default), latency, "
+        "activations or params",
+    )
+    parser.add_argument(
+        "--objective",
+        default=None,
+        help="accuracy (default), or accuracy,COST (e.g. accuracy,latency): a multi-objective search "
+        "(accuracy up, COST down) whose trials.csv marks the Pareto front",
+    )
     parser.add_argument("--family-phis", default="0-7", help="variants of the output family (default 0-7)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--verbose", action="store_true", help="show Ray's and Optuna's own logs")
@@ -121,6 +133,11 @@ def run(args: argparse.Namespace) -> int:
         f"(alpha*beta^2*gamma^2 = {best['product']:.4f}; trial {best['trial']}, "
         f"val accuracy {best['value']:.4f} on {best['dataset']})"
     )
+    if best.get("pareto_front"):
+        cost = best["pareto_cost"]
+        points = ", ".join(f"trial {p['trial']} ({p['final_val_accuracy']:.4f}, {cost} {p[cost]:.4g})"
+                           for p in best["pareto_front"])  # fmt: skip
+        print(f"Pareto front (accuracy up, {cost} down): {points}")
     if not settings.quiet:
         print()
         print(render_family(family, "table"), end="")
