@@ -111,7 +111,10 @@ def search_settings(run: Run, options: ValidationOptions) -> SearchSettings:
         settings = SearchSettings(**{k: v for k, v in run.settings.items() if k in known})
     except TypeError as error:
         raise UserError(f"{run.path / 'search.json'}: unreadable settings ({error})") from None
-    changes: dict[str, Any] = {"quiet": options.quiet, "verbose": False}
+    from scalesearch.export import run_space
+
+    # The recorded path is absolute on the machine that searched; elsewhere, the shipped space of that name.
+    changes: dict[str, Any] = {"quiet": options.quiet, "verbose": False, "space_path": run_space(run).path}
     for name in ("epochs", "concurrency", "cpus_per_trial", "address"):
         value = getattr(options, name)
         if value is not None:

@@ -51,8 +51,11 @@ def read_best(run_dir: str) -> tuple[dict, str | None]:
         coefficients = {key: float(best[key]) for key in ("alpha", "beta", "gamma")}
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f"{path}: not a scalesearch best.json ({error})") from None
-    space = best.get("space_path") or best.get("space")
-    return coefficients, space if isinstance(space, str) else None
+    # The recorded path is absolute on the machine that searched; elsewhere, the shipped space's name.
+    space_path, name = best.get("space_path"), best.get("space")
+    if isinstance(space_path, str) and Path(space_path).is_file():
+        return coefficients, space_path
+    return coefficients, name if isinstance(name, str) else None
 
 
 def run(args: argparse.Namespace) -> int:
