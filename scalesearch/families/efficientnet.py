@@ -77,8 +77,9 @@ def scale_stage_depths(repeats: list[int], depth_mult: float, rounding: str) -> 
     ideal = [r * depth_mult for r in repeats]
     total = max(len(repeats), int(math.floor(sum(ideal) + 0.5)))
     scaled = [max(1, int(math.floor(x))) for x in ideal]
-    # Largest remainders first; ties go to later stages, which carry the most channels.
-    order = sorted(range(len(ideal)), key=lambda i: (ideal[i] - math.floor(ideal[i]), i), reverse=True)
+    # Largest remainders first, measured from what each stage already has (a stage lifted to its
+    # one-block minimum has a negative remainder); ties go to later stages, which carry the most channels.
+    order = sorted(range(len(ideal)), key=lambda i: (ideal[i] - scaled[i], i), reverse=True)
     position = 0
     while sum(scaled) < total:
         scaled[order[position % len(order)]] += 1
