@@ -129,7 +129,12 @@ def test_interrupted_search_resumes_to_the_uninterrupted_result(capsys, tmp_path
     status, _, _ = search(capsys, out, "--concurrency", "1", "--resume")
     assert status == 0
     best = check_run_folder(out, trials=3)
-    assert read_rows(out)[: len(done_before)] == done_before  # nothing lost or repeated
+
+    # Nothing lost or repeated. (The pareto mark is recomputed over all trials as they finish.)
+    def without_pareto(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "pareto"} for row in rows]
+
+    assert without_pareto(read_rows(out)[: len(done_before)]) == without_pareto(done_before)
     uninterrupted = json.loads((grid_run / "best.json").read_text())
     assert (best["alpha"], best["beta"], best["gamma"], best["value"]) == (
         uninterrupted["alpha"], uninterrupted["beta"], uninterrupted["gamma"], uninterrupted["value"]
