@@ -151,9 +151,9 @@ def plan_candidate(
         return _plan_on_cost(space, coefficients, num_classes=num_classes, in_channels=in_channels, phi=phi,
                              correct=correct, constraint=constraint)  # fmt: skip
     base_spec = space.scaled_proxy(Coefficients(1.0, 1.0, 1.0), 0.0, num_classes=num_classes, in_channels=in_channels)
-    _, base_flops, base_blocks, base_channels = _measure(space.path, base_spec)
+    base_flops = _measure(space.path, base_spec)[1]
     spec = space.scaled_proxy(coefficients, phi, num_classes=num_classes, in_channels=in_channels)
-    params, flops, blocks, channels = _measure(space.path, spec)
+    flops = _measure(space.path, spec)[1]
     target, tolerance = space.target**phi, space.tolerance
 
     def miss(value: int) -> float:
@@ -176,13 +176,29 @@ def plan_candidate(
             # At proxy scale one pixel moves the deepest feature maps by 25% or more; width (channels
             # in steps of the divisor) is then the finer dimension, so it takes the last few percent.
             spec = _correct_width(space, spec, est_flops, goal, est_miss)
-        params, flops, blocks, channels = _measure(space.path, spec)
+        flops = _measure(space.path, spec)[1]
         corrected = True
     corrected = corrected and spec != space.scaled_proxy(
         coefficients, phi, num_classes=num_classes, in_channels=in_channels
     )
-    ratio = flops / base_flops
-    feasible = miss(flops) <= tolerance
+    return _candidate(space, coefficients, spec, base_spec, corrected, "flops", flops / base_flops, target)
+
+
+def _candidate(
+    space: SearchSpace,
+    coefficients: Coefficients,
+    spec: ModelSpec,
+    base_spec: ModelSpec,
+    corrected: bool,
+    constraint: str,
+    ratio: float,
+    target: float,
+) -> Candidate:
+    """The planned candidate: realized multipliers against the base, feasibility of `ratio` vs target."""
+    _, base_flops, base_blocks, base_channels = _measure(space.path, base_spec)
+    params, flops, blocks, channels = _measure(space.path, spec)
+    feasible = abs(ratio / target - 1.0) <= space.tolerance
+    name = "FLOPs" if constraint == "flops" else constraint
     return Candidate(
         coefficients=coefficients,
         spec=spec,
@@ -192,11 +208,11 @@ def plan_candidate(
         params=params,
         flops=flops,
         base_flops=base_flops,
-        flops_ratio=ratio,
+        flops_ratio=flops / base_flops,
         corrected=corrected,
         feasible=feasible,
-        reason="" if feasible else f"measured FLOPs ratio {ratio:.2f} is outside {target:g} ± {tolerance:.0%}",
-        constraint="flops",
+        reason="" if feasible else f"measured {name} ratio {ratio:.2f} is outside {target:g} ± {space.tolerance:.0%}",
+        constraint=constraint,
         constraint_ratio=ratio,
     )
 
@@ -214,7 +230,6 @@ def _plan_on_cost(
     """plan_candidate for a budget on params, activations or latency: the same correction and
     feasibility rule as for FLOPs, driven by the measured ratio of that cost to the proxy base."""
     base_spec = space.scaled_proxy(Coefficients(1.0, 1.0, 1.0), 0.0, num_classes=num_classes, in_channels=in_channels)
-    _, base_flops, base_blocks, base_channels = _measure(space.path, base_spec)
     requested = space.scaled_proxy(coefficients, phi, num_classes=num_classes, in_channels=in_channels)
     target, tolerance = space.target**phi, space.tolerance
     ratio_of = _ratio_function(space, base_spec, constraint)
@@ -225,24 +240,7 @@ def _plan_on_cost(
             # The correction kept the variant whose timing happened to land closest to the goal, which
             # biases its ratio towards the goal; a fresh timing decides feasibility.
             ratio = ratio_of(spec)
-    params, flops, blocks, channels = _measure(space.path, spec)
-    feasible = abs(ratio / target - 1.0) <= tolerance
-    return Candidate(
-        coefficients=coefficients,
-        spec=spec,
-        realized_depth=blocks / base_blocks,
-        realized_width=channels / base_channels,
-        realized_resolution=spec.resolution / base_spec.resolution,
-        params=params,
-        flops=flops,
-        base_flops=base_flops,
-        flops_ratio=flops / base_flops,
-        corrected=spec != requested,
-        feasible=feasible,
-        reason="" if feasible else f"measured {constraint} ratio {ratio:.2f} is outside {target:g} ± {tolerance:.0%}",
-        constraint=constraint,
-        constraint_ratio=ratio,
-    )
+    return _candidate(space, coefficients, spec, base_spec, spec != requested, constraint, ratio, target)
 
 
 @lru_cache(maxsize=1024)
