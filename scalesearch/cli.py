@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from collections.abc import Sequence
 
@@ -19,12 +18,6 @@ from scalesearch.errors import UserError
 COMMANDS = ["family", "data", "train", "search", "validate", "plot", "report", "export"]
 
 
-def _available_commands() -> list[str]:
-    """Command modules that exist in this installation (each lands with its own issue)."""
-    here = os.path.join(os.path.dirname(__file__), "commands")
-    return [name for name in COMMANDS if os.path.exists(os.path.join(here, f"{name}.py"))]
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per command module."""
     parser = argparse.ArgumentParser(
@@ -33,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"scalesearch {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _available_commands():
+    for name in COMMANDS:
         module = importlib.import_module(f"scalesearch.commands.{name}")
         sub = module.add_parser(subparsers)
         sub.set_defaults(run=module.run)
