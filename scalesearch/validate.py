@@ -222,7 +222,7 @@ def train_planned(
     """
     import ray
 
-    from scalesearch.search import ray_session
+    from scalesearch.cluster import ray_session
 
     jobs = list(dict.fromkeys((p.spec, seed) for p in planned if p.spec is not None for seed in seeds))
     labels: dict[ModelSpec, list[str]] = {}
