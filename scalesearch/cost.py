@@ -44,6 +44,52 @@ MEMORY_CONVENTION = (
 )
 
 
+# Timing: few repeats keep a proxy's measurement to a fraction of a second; the median after
+# warm-up (allocator, oneDNN algorithm choice) resists the noise of a shared machine.
+TIMING_WARMUP = 2
+TIMING_REPEATS = 5
+# Latency *ratios* (a latency budget) decide feasibility, so they take more repeats, on one thread
+# (a trial's share of the machine and the least noisy on a shared box).
+LATENCY_THREADS = 1
+LATENCY_WARMUP = 3
+LATENCY_REPEATS = 15
+
+
+@dataclass(frozen=True)
+class CostKind:
+    """One cost the tool can constrain or trade accuracy against (lower is better)."""
+
+    name: str  # as written in --constraint / --objective
+    column: str  # its trials.csv column
+    label: str  # axis label of plots
+    exact: bool  # a count (same on every machine) rather than a timing
+    scale: float = 1.0  # plots divide the column by this
+
+
+# The one vocabulary of costs: adding a cost means an entry here, its measurement in this module,
+# and its ratio function in planner._ratio_functions (CONTRIBUTING.md).
+COSTS: dict[str, CostKind] = {
+    "flops": CostKind("flops", "flops", "MFLOPs (fvcore, batch 1)", True, 1e6),
+    "params": CostKind("params", "params", "parameters (millions)", True, 1e6),
+    "activations": CostKind("activations", "activations", "activations (millions, batch 1)", True, 1e6),
+    "latency": CostKind("latency", "latency_batch1_s", "latency at batch 1 (ms)", False, 1e-3),
+}
+
+
+def constraint_names() -> tuple[str, ...]:
+    """The names --constraint and --objective accept."""
+    return tuple(COSTS)
+
+
+def cost_kind(name: str) -> CostKind:
+    """The registered cost `name`; UserError listing the known ones otherwise."""
+    from scalesearch.errors import UserError
+
+    if name not in COSTS:
+        raise UserError(f"unknown cost {name!r} (choose from {', '.join(COSTS)})")
+    return COSTS[name]
+
+
 @dataclass(frozen=True)
 class Cost:
     """Measured cost of one model variant."""

@@ -14,11 +14,10 @@ import math
 import pprint
 import string
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from scalesearch.errors import UserError
+from scalesearch.runs import Run, read_run, run_space  # noqa: F401  (re-exported for callers)
 from scalesearch.scaling import Coefficients, compute_shares, validate_coefficients
 from scalesearch.spaces import SearchSpace
 
@@ -58,6 +57,7 @@ def family_table(
     costs: bool = False,
     device: str = "cpu",
     threads: int | None = None,
+    calibrated: bool = True,
 ) -> dict[str, Any]:
     """Build and measure each variant; `coefficients=None` means the space's published reference table.
 
@@ -69,6 +69,11 @@ def family_table(
     FAMILY_THROUGHPUT_BATCH, and the peak memory of a training step at FAMILY_MEMORY_BATCH (opt-in:
     B7 at 600 px takes minutes on a CPU), with `threads` torch threads (default: torch's current
     count). The variants then carry those fields and `cost_conventions` says how they were measured.
+
+    `calibrated=True` (default) plans each compound variant onto its budget target^φ at full scale
+    (`planner.calibrate`: along the rule's own direction, then width), as the search plans its
+    proxies; each variant records the pure rule's multipliers beside the calibrated ones.
+    `calibrated=False` gives the pure rule.
     """
     from scalesearch.cost import FLOPS_CONVENTION, measure_cost
     from scalesearch.families import ModelSpec
@@ -87,6 +92,10 @@ def family_table(
         if coefficients is None:
             variant = space.reference[int(phi)]
             return space.reference_spec(variant, num_classes=num_classes, in_channels=in_channels)
+        if calibrated:
+            from scalesearch.planner import calibrate
+
+            return calibrate(space, coefficients, phi, num_classes=num_classes, in_channels=in_channels).spec
         return space.scaled_spec(coefficients, phi, num_classes=num_classes, in_channels=in_channels)
 
     def measure(spec: ModelSpec) -> tuple[Any, list[Any]]:
@@ -137,8 +146,17 @@ def family_table(
                 "flops": cost.flops,
                 "flops_ratio": round(cost.flops / base_cost.flops, 4),
                 "theoretical_ratio": None if coefficients is None else round(coefficients.product**phi, 4),
+                "target_ratio": None if coefficients is None else round(space.target**phi, 4),
                 "uncounted_ops": cost.uncounted_ops,
             }
+            if coefficients is not None:
+                rule = space.scaled_spec(coefficients, phi, num_classes=num_classes, in_channels=in_channels)
+                row["rule"] = {
+                    "depth_mult": round(rule.depth_mult, 6),
+                    "width_mult": round(rule.width_mult, 6),
+                    "resolution": rule.resolution,
+                }
+                row["calibrated"] = spec != rule
             if costs:
                 row.update(measure_more(spec))
             variants.append(row)
@@ -174,13 +192,19 @@ def family_table(
         "space": space.name,
         "family": space.family_name,
         "coefficients": coefficient_block,
-        "rule": "reference" if coefficients is None else "compound",
+        "rule": "reference" if coefficients is None else ("compound, calibrated" if calibrated else "compound"),
         "rule_description": (
             f"the published, hand-adjusted table in {space.name}"
             if coefficients is None
             else "depth = alpha^phi, width = beta^phi, resolution = gamma^phi, "
             f"resolution rounded to a multiple of {space.base.resolution_multiple}, "
             "channels to the family's divisor, repeats up"
+            + (
+                f"; each variant then moved along the rule's direction (and width) until its FLOPs are "
+                f"target^phi within ±{space.tolerance / 2:.1%} (MACs), the pure rule's multipliers under 'rule'"
+                if calibrated
+                else ""
+            )
         ),
         "flops_convention": FLOPS_CONVENTION,
         "num_classes": num_classes,
@@ -267,63 +291,29 @@ def render_family(family: dict[str, Any], fmt: str) -> str:
 # A finished run, and its rule as data for other tools
 
 EXPORT_FORMATS = ("json", "yaml", "python", "timm", "torchvision")
-EXPORT_VARIANT_KEYS = ("name", "phi", "depth_mult", "width_mult", "resolution", "dropout", "stages", "params", "flops",
-                       "flops_ratio")  # fmt: skip
+EXPORT_VARIANT_KEYS = (
+    "name",
+    "phi",
+    "depth_mult",
+    "width_mult",
+    "resolution",
+    "dropout",
+    "stages",
+    "params",
+    "flops",
+    "flops_ratio",
+)
 # The stages of EfficientNet-B0 (Tan & Le 2019, Table 1) as (expand, kernel, stride, channels, repeats),
 # with stem 32 and head 1280: timm's and torchvision's B0..B7 builders scale exactly this network.
-B0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
-             (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Run:
-    """A finished search run folder, read once: what validate, report and export start from."""
-
-    path: Path
-    best: dict[str, Any]  # best.json: the chosen coefficients and where they came from
-    settings: dict[str, Any]  # search.json's "settings" ({} when the file is missing)
-    family: dict[str, Any] | None  # family.json, when present
-
-
-def read_run(run_dir: str | Path) -> Run:
-    """Read RUN_DIR; UserError when it is missing or not a finished run (no best.json)."""
-    path = Path(run_dir)
-    if not path.exists():
-        raise UserError(f"run folder {str(run_dir)!r} not found")
-    if not path.is_dir():
-        raise UserError(f"{str(run_dir)!r} is not a folder")
-    if not (path / "best.json").is_file():
-        raise UserError(f"{str(run_dir)!r} is not a finished search run (no best.json)")
-
-    def read(name: str) -> Any:
-        file = path / name
-        if not file.is_file():
-            return None
-        try:
-            return json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise UserError(f"{file}: unreadable ({error})") from None
-
-    best = read("best.json")
-    if not isinstance(best, dict) or not all(key in best for key in ("alpha", "beta", "gamma")):
-        raise UserError(f"{path / 'best.json'}: not a scalesearch best.json")
-    search = read("search.json")
-    settings = search.get("settings", {}) if isinstance(search, dict) else {}
-    family = read("family.json")
-    return Run(path=path, best=best, settings=settings, family=family if isinstance(family, dict) else None)
-
-
-def run_space(run: Run) -> SearchSpace:
-    """The search space the run searched: its recorded path, else the shipped space of that name."""
-    from scalesearch.spaces import load_space
-
-    recorded = run.best.get("space_path") or run.settings.get("space_path")
-    if isinstance(recorded, str) and Path(recorded).is_file():
-        return load_space(recorded)
-    name = run.best.get("space")
-    if isinstance(name, str):
-        return load_space(name)
-    raise UserError(f"{run.path / 'best.json'} names no search space that exists here")
+B0_STAGES = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+)
 
 
 def inline_stages(space: SearchSpace) -> list[tuple[str, int, int]] | None:
@@ -390,8 +380,9 @@ def rule_export(run: Run) -> dict[str, Any]:
             if coefficients is None:
                 width, depth = variant["width_mult"], variant["depth_mult"]
             else:
-                spec = space.scaled_spec(Coefficients(coefficients["alpha"], coefficients["beta"],
-                                                      coefficients["gamma"]), variant["phi"])  # fmt: skip
+                spec = space.scaled_spec(
+                    Coefficients(coefficients["alpha"], coefficients["beta"], coefficients["gamma"]), variant["phi"]
+                )
                 width, depth = spec.width_mult, spec.depth_mult
             if _scale_inline(stages, width, depth, divisor) != variant["stages"]:
                 stages = None  # the family rounds differently from the inline rule: leave stages out
@@ -466,10 +457,19 @@ def _library_arguments(data: dict[str, Any], library: str) -> str:
     if data["family"] != "efficientnet":
         raise UserError(f"--format {library} applies to EfficientNet spaces; this run's family is {data['family']}")
     if library == "timm":
-        variants = [{"name": v["name"], "phi": v["phi"],
-                     "kwargs": {"channel_multiplier": v["width_mult"], "depth_multiplier": v["depth_mult"],
-                                "drop_rate": v["dropout"]},
-                     "input_size": [3, v["resolution"], v["resolution"]]} for v in data["variants"]]  # fmt: skip
+        variants = [
+            {
+                "name": v["name"],
+                "phi": v["phi"],
+                "kwargs": {
+                    "channel_multiplier": v["width_mult"],
+                    "depth_multiplier": v["depth_mult"],
+                    "drop_rate": v["dropout"],
+                },
+                "input_size": [3, v["resolution"], v["resolution"]],
+            }
+            for v in data["variants"]
+        ]
         usage = [
             "from timm.models.efficientnet import _gen_efficientnet",
             "v = <one entry of variants>",
@@ -477,9 +477,16 @@ def _library_arguments(data: dict[str, Any], library: str) -> str:
             'train and evaluate at v["input_size"] (timm rounds channels with divisor 8 and repeats with ceil)',
         ]
     else:
-        variants = [{"name": v["name"], "phi": v["phi"],
-                     "conf_kwargs": {"width_mult": v["width_mult"], "depth_mult": v["depth_mult"]},
-                     "dropout": v["dropout"], "resolution": v["resolution"]} for v in data["variants"]]  # fmt: skip
+        variants = [
+            {
+                "name": v["name"],
+                "phi": v["phi"],
+                "conf_kwargs": {"width_mult": v["width_mult"], "depth_mult": v["depth_mult"]},
+                "dropout": v["dropout"],
+                "resolution": v["resolution"],
+            }
+            for v in data["variants"]
+        ]
         usage = [
             "from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf",
             "v = <one entry of variants>",

@@ -77,7 +77,8 @@ def simplex_points(trials: pd.DataFrame) -> pd.DataFrame:
     Shares are renormalized to sum to 1 (grid points lie within the constraint's tolerance, not on
     it), then mapped to the triangle with depth at (0, 0), width at (1, 0), resolution at (1/2, √3/2).
     """
-    shares = trials[["share_depth", "share_width", "share_resolution"]].astype(float)
+    prefix = "realized_share_" if "realized_share_depth" in trials.columns else "share_"
+    shares = trials[[f"{prefix}depth", f"{prefix}width", f"{prefix}resolution"]].astype(float)
     total = shares.sum(axis=1).where(lambda t: t > 0)
     depth, width, resolution = (shares[c] / total for c in shares.columns)
     return pd.DataFrame(

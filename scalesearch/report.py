@@ -13,8 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from scalesearch.export import Run, read_run
 from scalesearch.results import atomic_write_text
+from scalesearch.runs import Run, read_run
 from scalesearch.tables import markdown_table
 
 TOP_TRIALS = 5

@@ -196,3 +196,28 @@ def parse_phis(text: str) -> list[float]:
         if not math.isfinite(value) or value < 0:
             raise UserError(f"phi must be a finite number >= 0, got {value:g}")
     return values
+
+
+def realized_shares(depth: float, width: float, resolution: float) -> Shares:
+    """The shares of a concrete network from its realized multipliers, normalised onto the simplex:
+    (log d, 2·log w, 2·log r) / their sum. The base network itself (all 1) has no direction: ValueError."""
+    logs = [math.log(max(depth, 1e-12)), 2.0 * math.log(max(width, 1e-12)), 2.0 * math.log(max(resolution, 1e-12))]
+    # A dimension realized slightly below its base (rounding) counts as not scaled, not as negative.
+    logs = [max(0.0, value) for value in logs]
+    total = sum(logs)
+    if total <= 0.0:
+        raise ValueError("the base network has no scaling direction")
+    return Shares(logs[0] / total, logs[1] / total, logs[2] / total)
+
+
+def share_distance(a: Shares, b: Shares) -> float:
+    """How far apart two points of the shares simplex are: the largest difference of one share (L∞)."""
+    return max(abs(a.depth - b.depth), abs(a.width - b.width), abs(a.resolution - b.resolution))
+
+
+def simplex_lattice(step: float = 0.02) -> list[Shares]:
+    """Every point of the shares simplex on a lattice of `step` (corners included)."""
+    count = round(1.0 / step)
+    return [
+        Shares(i / count, j / count, (count - i - j) / count) for i in range(count + 1) for j in range(count + 1 - i)
+    ]

@@ -28,8 +28,8 @@ from scalesearch.scaling import Coefficients
 if TYPE_CHECKING:
     import pandas as pd
 
-    from scalesearch.export import Run
     from scalesearch.families import ModelSpec
+    from scalesearch.runs import Run
     from scalesearch.search import SearchSettings
 
 COMPOUND = "compound"
@@ -111,7 +111,7 @@ def search_settings(run: Run, options: ValidationOptions) -> SearchSettings:
         settings = SearchSettings(**{k: v for k, v in run.settings.items() if k in known})
     except TypeError as error:
         raise UserError(f"{run.path / 'search.json'}: unreadable settings ({error})") from None
-    from scalesearch.export import run_space
+    from scalesearch.runs import run_space
 
     # The recorded path is absolute on the machine that searched; elsewhere, the shipped space of that name.
     changes: dict[str, Any] = {"quiet": options.quiet, "verbose": False, "space_path": run_space(run).path}

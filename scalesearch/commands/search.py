@@ -12,9 +12,23 @@ from typing import Any
 from scalesearch.errors import UserError
 
 # Flags that override the space's `search:` section; None means "not given on the command line".
-OVERRIDABLE = ("dataset", "sampler", "trials", "epochs", "scheduler", "concurrency", "cpus_per_trial",
-               "gpus_per_trial", "seed", "max_failures", "constraint", "objective")  # fmt: skip
-SEARCH_KEYS = {*OVERRIDABLE, "grid"}
+OVERRIDABLE = (
+    "dataset",
+    "sampler",
+    "trials",
+    "epochs",
+    "scheduler",
+    "concurrency",
+    "cpus_per_trial",
+    "gpus_per_trial",
+    "seed",
+    "max_failures",
+    "constraint",
+    "objective",
+    "confirm_top",
+    "confirm_seeds",
+)
+SEARCH_KEYS = {*OVERRIDABLE, "grid", "phi", "batch"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -51,6 +65,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="accuracy (default), or accuracy,COST (e.g. accuracy,latency): a multi-objective search "
         "(accuracy up, COST down) whose trials.csv marks the Pareto front",
     )
+    parser.add_argument(
+        "--confirm-top",
+        type=int,
+        default=None,
+        help="after the search, retrain the best N networks with more seeds (default 3; 0: off)",
+    )
+    parser.add_argument(
+        "--confirm-seeds",
+        type=int,
+        default=None,
+        help="seeds per confirmed network, the search's own included (default 3)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the realizable networks on the budget band and their coverage; train nothing",
+    )
     parser.add_argument("--family-phis", default="0-7", help="variants of the output family (default 0-7)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--verbose", action="store_true", help="show Ray's and Optuna's own logs")
@@ -75,7 +106,7 @@ def _newest_match(prefix: str) -> Path | None:
 
 def settings_from_args(args: argparse.Namespace) -> Any:
     """Merge the space's `search:` defaults with the flags into SearchSettings."""
-    from scalesearch.search import SearchSettings
+    from scalesearch.settings import SearchSettings
     from scalesearch.spaces import load_space
 
     space = load_space(args.space)
@@ -114,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
     from scalesearch.search import run_search
 
     settings = settings_from_args(args)
+    if args.dry_run:
+        return dry_run(settings)
     command = shlex.join(["scalesearch", *sys.argv[1:]]) if sys.argv and "scalesearch" in sys.argv[0] else ""
     try:
         best = run_search(settings, resume=args.resume, command=command)
@@ -128,18 +161,52 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     family = json.loads((out / "family.json").read_text(encoding="utf-8"))
+    shares = best["shares"]
     print(
         f"chosen: alpha={best['alpha']:.4f} beta={best['beta']:.4f} gamma={best['gamma']:.4f} "
-        f"(alpha*beta^2*gamma^2 = {best['product']:.4f}; trial {best['trial']}, "
-        f"val accuracy {best['value']:.4f} on {best['dataset']})"
+        f"(shares depth {shares['depth']:.2f} / width {shares['width']:.2f} / resolution {shares['resolution']:.2f}; "
+        f"network {best['network']}, trained at {best['measured_ratio']:.3f}x the base FLOPs)"
     )
+    print(f"  {best['verdict']}")
     if best.get("pareto_front"):
         cost = best["pareto_cost"]
-        points = ", ".join(f"trial {p['trial']} ({p['final_val_accuracy']:.4f}, {cost} {p[cost]:.4g})"
-                           for p in best["pareto_front"])  # fmt: skip
+        points = ", ".join(
+            f"trial {p['trial']} ({p['final_val_accuracy']:.4f}, {cost} {p[cost]:.4g})" for p in best["pareto_front"]
+        )
         print(f"Pareto front (accuracy up, {cost} down): {points}")
     if not settings.quiet:
         print()
         print(render_family(family, "table"), end="")
         print(f"\nrun folder: {out}  (trials.csv, best.json, family.json, family.md, frontier.png, manifest.json)")
+    return 0
+
+
+def dry_run(settings: Any) -> int:
+    """Print the realizable networks on the budget band and how well they cover the simplex."""
+    from scalesearch.data import load_dataset
+    from scalesearch.planner import describe, realizable_set
+    from scalesearch.spaces import load_space
+
+    settings.validate()
+    space = load_space(settings.space_path)
+    dataset = load_dataset(settings.dataset)
+    found = realizable_set(
+        space,
+        num_classes=dataset.num_classes,
+        in_channels=dataset.in_channels,
+        phi=settings.phi,
+        constraint=settings.constraint,
+    )
+    rows = describe(found)
+    columns = list(rows[0]) if rows else []
+    print(
+        f"{len(rows)} realizable networks of {space.name}'s proxy at phi={settings.phi:g}: "
+        f"{settings.constraint} within {found.goal:g} ± {found.tolerance:.0%} of the base"
+    )
+    if rows:
+        widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+        print("  ".join(c.rjust(widths[c]) for c in columns))
+        for row in rows:
+            print("  ".join(str(row[c]).rjust(widths[c]) for c in columns))
+    print(f"coverage: every point of the shares simplex lies within {found.coverage:.3f} (L-inf) of a network")
     return 0

@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from scalesearch.export import read_run
+    from scalesearch.runs import read_run
     from scalesearch.scaling import parse_phis
     from scalesearch.tables import text_table
     from scalesearch.validate import (
