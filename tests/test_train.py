@@ -307,3 +307,35 @@ def test_training_makes_float_images_one_batch_at_a_time(monkeypatch: pytest.Mon
     assert len(result.epochs) == 1
     # 480 train and 120 validation images; batches of 32 (training) and 48 (evaluation).
     assert 32 <= watch.most <= 48
+
+
+def test_evaluation_batches_shrink_with_resolution() -> None:
+    assert train._eval_batch_size(18) == 256  # small images: the whole cap
+    assert train._eval_batch_size(96) == 28  # ~256 images' worth of 32 px pixels
+    assert train._eval_batch_size(2048) == 1
+
+
+def test_capture_is_a_cuda_feature_and_ignored_on_cpu(digits: Dataset) -> None:
+    result = train_model(tiny_net, digits, Recipe(epochs=1), resolution=8, seed=0, threads=1, capture=True)
+    assert result.device == "cpu" and result.captured is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_layout_probe_and_captured_steps(digits: Dataset) -> None:
+    recipe = Recipe(epochs=3, augment=True)
+    eager = train_model(lambda: tiny_net(width=16), digits, recipe, resolution=16, seed=0, device="cuda")
+    assert eager.layout_choice is not None and eager.layout_choice.source == "measured"
+    captured = train_model(
+        lambda: tiny_net(width=16),
+        digits,
+        recipe,
+        resolution=16,
+        seed=0,
+        device="cuda",
+        layout=eager.layout_choice.layout,
+        capture=True,
+    )
+    assert captured.captured and captured.final_val_accuracy > 0.3
+    # cuDNN picks kernels by timing, so the two runs agree closely but not to the bit.
+    assert abs(captured.final_val_accuracy - eager.final_val_accuracy) < 0.1
