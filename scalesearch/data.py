@@ -747,16 +747,19 @@ def _materialize(path: str | None, shape: tuple[int, ...], chunks: Callable[[], 
     """The uint8 array of `shape` made by `chunks()`: memory-mapped from `path`, else in memory.
 
     With a `path`, a valid file there is mapped as is; otherwise the chunks are streamed to it (never
-    all in memory) and the result mapped. Without one, or when the file cannot be written, the array
-    is assembled in memory.
+    all in memory) and the result mapped. Processes that ask at once (the workers of a search start
+    together) take turns on a lock file: the first builds, the others map its file. Without a path,
+    or when the file cannot be written, the array is assembled in memory.
     """
     if path is not None:
         array = _open_npy(path, shape)
         if array is not None:
             return array
-        with contextlib.suppress(OSError):
-            _write_npy(path, shape, chunks())
-            array = _open_npy(path, shape)
+        with contextlib.suppress(OSError), _build_lock(path):
+            array = _open_npy(path, shape)  # built while this process waited for the lock
+            if array is None:
+                _write_npy(path, shape, chunks())
+                array = _open_npy(path, shape)
             if array is not None:
                 return array
     out = np.empty(shape, dtype=np.uint8)
@@ -765,6 +768,23 @@ def _materialize(path: str | None, shape: tuple[int, ...], chunks: Callable[[], 
         out[start : start + len(chunk)] = chunk
         start += len(chunk)
     return out
+
+
+@contextlib.contextmanager
+def _build_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path`.lock while building `path` (no lock where flock is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: concurrent builds each write a whole file; os.replace keeps one
+        yield
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(f"{path}.lock", "ab") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _open_npy(path: str, shape: tuple[int, ...]) -> np.ndarray | None:

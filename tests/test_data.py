@@ -570,3 +570,26 @@ def test_unwritable_cache_directory_still_loads(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     dataset = load_dataset(f"imagefolder:{root}", cache_dir=str(blocker / "cache"))
     assert dataset.images.shape == (18, 3, 24, 24)
+
+
+def test_processes_that_ask_at_once_build_a_shared_copy_once(tmp_path: Path) -> None:
+    """While one builder holds the lock, another waits and then maps its file instead of building."""
+    import threading
+
+    path = str(tmp_path / "cache" / "x.r4.npy")
+    shape = (3, 1, 4, 4)
+    built: list[int] = []
+    results: list[np.ndarray] = []
+
+    def chunks() -> list[np.ndarray]:
+        built.append(1)
+        return [np.full(shape, 7, np.uint8)]
+
+    with data._build_lock(path):
+        waiter = threading.Thread(target=lambda: results.append(data._materialize(path, shape, chunks)))
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive()  # blocked on the lock
+        data._write_npy(path, shape, [np.full(shape, 5, np.uint8)])
+    waiter.join(10)
+    assert built == [] and int(results[0][0, 0, 0, 0]) == 5
