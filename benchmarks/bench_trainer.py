@@ -1,13 +1,18 @@
-"""Trainer throughput: `train_model` against a minimal hand-written PyTorch loop, and CPU trial packing.
+"""Trainer throughput: `train_model` against a minimal hand-written PyTorch loop, memory layouts, and
+CPU trial packing.
 
-1. images/s of `scalesearch.train.train_model` against the smallest honest training loop one could
-   write by hand (same model, data, batch size, optimizer, loss and threads), alternating the two
-   so background load hits both alike. Target: ratio >= 0.95.
-2. Aggregate images/s of 2 concurrent trials × 1 thread against 1 trial × 2 threads, each trial in
+1. images/s of `scalesearch.train.train_model` (NCHW, forced) against the smallest honest training
+   loop one could write by hand (same model, data, batch size, optimizer, loss, threads and layout),
+   alternating the two so background load hits both alike. Target: ratio >= 0.95.
+2. Memory layouts side by side: images/s of the trainer in NCHW (contiguous), channels-last and its
+   own choice ("auto", probe included in the run but not in images/s; its cost is printed), at the
+   proxy's resolution and at 32 px. Target: auto >= 1.3× NCHW on the default proxy at 1 thread.
+3. Aggregate images/s of 2 concurrent trials × 1 thread against 1 trial × 2 threads, each trial in
    its own process (multiprocessing, spawn), as a search packs trials on a CPU machine.
 
-Run: `.venv/bin/python benchmarks/bench_trainer.py` (about a minute on 2 cores); `--help` for options.
-Steady-state figures: the first epoch of every run (allocator and kernel warm-up) is left out.
+Run: `.venv/bin/python benchmarks/bench_trainer.py` (about 8 minutes on 2 cores; `--only 2` for the
+layouts alone, about 3); `--help` for options. Steady-state figures: the first epoch of every run
+(allocator and kernel warm-up) is left out.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import multiprocessing as mp
 import os
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -28,15 +34,20 @@ from scalesearch.data import load_dataset, resized_images, split_dataset
 from scalesearch.recipe import Recipe
 from scalesearch.scaling import Coefficients
 from scalesearch.spaces import load_space
-from scalesearch.train import EpochMetrics, train_model
+from scalesearch.train import EpochMetrics, clear_layout_cache, train_model
 
 PAPER = Coefficients(1.2, 1.1, 1.15)
 
 
-def proxy_factory(space_name: str, num_classes: int, in_channels: int) -> tuple[Any, int]:
-    """(model factory, resolution) of the space's proxy at φ = 1 with the paper's coefficients."""
+def proxy_factory(
+    space_name: str, num_classes: int, in_channels: int, resolution: int | None = None
+) -> tuple[Any, int]:
+    """(model factory, resolution) of the space's proxy at φ = 1 with the paper's coefficients, as a
+    search builds it; `resolution` replaces the proxy's own (same network, other input size)."""
     space = load_space(space_name)
     spec = space.scaled_proxy(PAPER, 1.0, num_classes=num_classes, in_channels=in_channels)
+    if resolution is not None:
+        spec = dataclasses.replace(spec, resolution=resolution)
     return (lambda: space.proxy_family.build(spec)), spec.resolution
 
 
@@ -113,8 +124,64 @@ def interleaved_epochs(args: argparse.Namespace, recipe: Recipe) -> list[tuple[f
     # Warm the caches the trainer would find warm in a worker (dataset, resized copy, split).
     split_dataset(dataset, val_fraction=recipe.val_fraction, seed=recipe.split_seed)
     mark[0] = time.process_time()
-    train_model(factory, dataset, recipe, resolution=resolution, seed=0, threads=args.threads, on_epoch=on_epoch)
+    # NCHW, as the hand loop: this part measures the trainer's own overhead, not the layout.
+    train_model(
+        factory,
+        dataset,
+        recipe,
+        resolution=resolution,
+        seed=0,
+        threads=args.threads,
+        on_epoch=on_epoch,
+        layout="contiguous",
+    )
     return rows
+
+
+def layout_rounds(
+    args: argparse.Namespace, recipe: Recipe, resolution: int | None
+) -> tuple[int, dict[str, list[float]], list[Any]]:
+    """(resolution, steady-state images/s per set-up and round, auto's layout choices), alternating.
+
+    Each round trains one short run per set-up (NCHW, channels-last, auto) back to back, so drifting
+    background load meets all three; auto starts each round with no remembered decision (fresh
+    process memo and layout cache directory), so every auto run pays for its probe.
+    """
+    dataset = load_dataset(args.dataset)
+    factory, resolution = proxy_factory(args.space, dataset.num_classes, dataset.in_channels, resolution)
+    rates: dict[str, list[float]] = {"contiguous": [], "channels_last": [], "auto": []}
+    choices = []
+    scratch = os.environ["SCALESEARCH_CACHE"]
+    for _ in range(args.rounds):
+        for setup in rates:
+            clear_layout_cache()
+            # Where choose_layout stores its decisions: a new folder, so that auto measures again.
+            os.environ["SCALESEARCH_CACHE"] = tempfile.mkdtemp(dir=scratch)
+            result = train_model(
+                factory, dataset, recipe, resolution=resolution, seed=0, threads=args.threads, layout=setup
+            )
+            rates[setup].append(statistics.median(m.images_per_second for m in result.epochs[1:]))
+            if setup == "auto":
+                choices.append(result.layout_choice)
+    os.environ["SCALESEARCH_CACHE"] = scratch
+    return resolution, rates, choices
+
+
+def print_layouts(args: argparse.Namespace, recipe: Recipe) -> None:
+    """Part 2: the three set-ups at the proxy's resolution and at 32 px."""
+    print(f"\n2. memory layouts, {args.threads} thread(s), {args.rounds} alternating rounds of {recipe.epochs} epochs")
+    for wanted in (None, 32):
+        resolution, rates, choices = layout_rounds(args, recipe, wanted)
+        nchw = statistics.median(rates["contiguous"])
+        print(f"   {resolution} px:")
+        for setup, values in rates.items():
+            value = statistics.median(values)
+            shown = ", ".join(f"{v:.0f}" for v in values)
+            print(f"     {setup:14s} {value:7.0f} images/s  ({value / nchw:4.2f}x NCHW; rounds: {shown})")
+        for choice in choices:
+            measured = ", ".join(f"{k} {v:.0f}" for k, v in choice.images_per_second.items())
+            print(f"     auto chose {choice.layout} in {choice.seconds:.1f} s (probe images/s: {measured})")
+        sys.stdout.flush()
 
 
 def _trial_worker(args: argparse.Namespace, recipe: Recipe, threads: int, barrier: Any, queue: Any) -> None:
@@ -149,8 +216,20 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--epochs", type=int, default=8, help="epochs per run; the first is warm-up")
     parser.add_argument("--threads", type=int, default=1, help="threads for part 1 (both loops); 1 is how trials run")
-    parser.add_argument("--packing-epochs", type=int, default=3, help="epochs per trial in part 2")
+    parser.add_argument("--packing-epochs", type=int, default=3, help="epochs per trial in part 3")
+    parser.add_argument("--layout-epochs", type=int, default=2, help="epochs per run in part 2; the first is warm-up")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds in part 2")
+    parser.add_argument("--only", type=int, choices=(1, 2, 3), help="run one part only")
     args = parser.parse_args()
+    # Layout decisions go to a fresh directory (inherited by the spawned trials of part 3), so the
+    # benchmark measures them instead of reading a machine's earlier ones, and leaves no files behind.
+    with tempfile.TemporaryDirectory(prefix="bench-trainer-") as scratch:
+        os.environ["SCALESEARCH_CACHE"] = scratch
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The parts asked for, after a warm-up run."""
     # Augmentation off and no warm-up difference: both loops do exactly the same arithmetic.
     recipe = Recipe(epochs=args.epochs, warmup_epochs=0.0, augment=False)
 
@@ -166,26 +245,46 @@ def main() -> None:
         flush=True,
     )
 
+    # A first short run pays the process's one-off costs (torch._dynamo import, allocator growth).
+    factory, resolution = proxy_factory(args.space, dataset.num_classes, dataset.in_channels)
+    warmup = dataclasses.replace(recipe, epochs=1)
+    train_model(factory, dataset, warmup, resolution=resolution, seed=0, threads=1, layout="contiguous")
+
+    if args.only in (None, 1):
+        print_overhead(args, recipe)
+    if args.only in (None, 2):
+        print_layouts(args, dataclasses.replace(recipe, epochs=args.layout_epochs))
+    if args.only in (None, 3):
+        print_packing(args, recipe)
+
+
+def print_overhead(args: argparse.Namespace, recipe: Recipe) -> None:
+    """Part 1: the trainer against the hand-written loop."""
     # The first epoch of each is warm-up (allocator, oneDNN primitive creation, model build).
     rows = interleaved_epochs(args, recipe)[1:]
     t = statistics.median(r[0] for r in rows)
     h = statistics.median(r[1] for r in rows)
     t_cpu, h_cpu = sum(r[2] for r in rows), sum(r[3] for r in rows)
-    print(f"\n1. trainer vs hand-written loop, {args.threads} thread(s), epochs alternating, first left out")
+    print(
+        f"\n1. trainer (NCHW) vs hand-written NCHW loop, {args.threads} thread(s), epochs alternating, first left out"
+    )
     print(f"   train_model:   {t:8.0f} images/s (median; epochs: {', '.join(f'{r[0]:.0f}' for r in rows)})")
     print(f"   hand-written:  {h:8.0f} images/s (median; epochs: {', '.join(f'{r[1]:.0f}' for r in rows)})")
     print(f"   ratio (wall clock, images/s):             {t / h:6.3f}  (target >= 0.95)")
     print(f"   ratio (CPU time per epoch, hand/trainer): {h_cpu / t_cpu:6.3f}  ({h_cpu:.1f} s / {t_cpu:.1f} s)")
     sys.stdout.flush()
 
-    # Part 2 alternates the two set-ups twice for the same reason: the background load drifts.
+
+def print_packing(args: argparse.Namespace, recipe: Recipe) -> None:
+    """Part 3: 2 trials x 1 thread against 1 trial x 2 threads."""
+    # Alternate the two set-ups twice for the same reason: the background load drifts.
     packing = dataclasses.replace(recipe, epochs=args.packing_epochs)
     packed, single = [], []
     for _ in range(2):
         single.append(aggregate_images_per_second(args, packing, trials=1, threads=2))
         packed.append(aggregate_images_per_second(args, packing, trials=2, threads=1))
     p, s = statistics.median(packed), statistics.median(single)
-    print("\n2. CPU trial packing (each trial a spawned process; 2 alternating rounds)")
+    print("\n3. CPU trial packing (each trial a spawned process; 2 alternating rounds)")
     print(f"   2 trials x 1 thread:  {p:8.0f} images/s aggregate (rounds: {', '.join(f'{v:.0f}' for v in packed)})")
     print(f"   1 trial  x 2 threads: {s:8.0f} images/s           (rounds: {', '.join(f'{v:.0f}' for v in single)})")
     print(f"   ratio:                {p / s:8.3f}")

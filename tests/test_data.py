@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 
 from scalesearch import data
+from scalesearch.cli import main
 from scalesearch.data import augment_batch, load_dataset, resized_images, split_dataset
 from scalesearch.errors import UserError
 
@@ -151,8 +153,9 @@ def test_decoded_folder_is_cached_on_disk_keyed_by_content(tmp_path: Path, monke
     root = write_folder(tmp_path / "pets")
     cache = tmp_path / "own-cache"
     first = load_dataset(f"imagefolder:{root}", cache_dir=str(cache))
-    files = list(cache.glob("imagefolder-*.npz"))
-    assert len(files) == 1 and not list(cache.glob("*.tmp"))
+    # One entry: images and labels as plain .npy files, the metadata written last.
+    files = list(cache.glob("imagefolder-*.images.npy"))
+    assert len(files) == 1 and len(list(cache.glob("imagefolder-*.json"))) == 1 and not list(cache.glob("*.tmp"))
 
     # A second run (fresh process cache) reads the cache instead of decoding.
     data.clear_dataset_cache()
@@ -170,7 +173,7 @@ def test_decoded_folder_is_cached_on_disk_keyed_by_content(tmp_path: Path, monke
     os.utime(root / "cat" / "a.png", ns=(1, 1))
     data.clear_dataset_cache()
     third = load_dataset(f"imagefolder:{root}", cache_dir=str(cache))
-    assert len(list(cache.glob("imagefolder-*.npz"))) == 2
+    assert len(list(cache.glob("imagefolder-*.images.npy"))) == 2
     assert int(third.images[0].max()) == 7
 
 
@@ -319,12 +322,12 @@ def test_normalization_statistics_come_from_the_train_split_only() -> None:
     train = dataset.images[split.train_indices].double() / 255
     assert split.mean[0] == pytest.approx(float(train.mean()))
     assert split.std[0] == pytest.approx(float(train.std()))
-    # Blanking validation images leaves the statistics unchanged.
-    dataset.images[split.val_indices] = 0
-    try:
-        assert split_dataset(dataset, val_fraction=0.25, seed=0).mean == split.mean
-    finally:
-        data.clear_dataset_cache()
+    # Blanking validation images (of a copy: splits are cached per dataset) leaves the statistics unchanged.
+    blanked = data.Dataset(
+        images=dataset.images.clone(), labels=dataset.labels, class_names=dataset.class_names, spec="copy"
+    )
+    blanked.images[split.val_indices] = 0
+    assert split_dataset(blanked, val_fraction=0.25, seed=0).mean == split.mean
 
 
 def test_split_rejects_bad_fraction() -> None:
@@ -357,3 +360,236 @@ def test_augmentation_crops_and_flips_deterministically() -> None:
     assert first.shape == images.shape and torch.equal(first, again)
     outputs = {augment_batch(images, torch.Generator().manual_seed(s))[0, 0].sum().item() for s in range(10)}
     assert len(outputs) > 1  # shifts and flips vary with the seed
+
+
+# --- bad inputs and size guards -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("synthetic:seed=-1", r"seed=-1 is outside \[0, 4294967295\]"),
+        ("synthetic:n=1000000,size=512", r"1,000,000 images of 3×512×512 pixels take 786 GB as uint8"),
+    ],
+)
+def test_synthetic_bad_seed_and_absurd_size_are_one_line_errors(
+    spec: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(UserError, match=message):
+        load_dataset(spec)
+    # The CLI turns it into one line on stderr and exit status 2, never a traceback.
+    assert main(["data", spec]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "error:" in err
+
+
+def test_size_guard_compares_with_available_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "available_memory", lambda: 1_000_000_000)
+    # 20,000 × 3 × 128 × 128 = 983 MB, more than half of 1 GB.
+    with pytest.raises(UserError, match=r"take 983 MB as uint8, more than 50% of the 1 GB of memory available"):
+        load_dataset("synthetic:n=20000,size=128")
+    # 400 MB is allowed; resizing it up to 4× the pixels is not.
+    images = torch.zeros((1000, 1, 8, 8), dtype=torch.uint8)
+    small = data.Dataset(images=images, labels=torch.zeros(1000, dtype=torch.int64), class_names=["a", "b"], spec="s")
+    monkeypatch.setattr(data, "available_memory", lambda: 1_000_000)
+    with pytest.raises(UserError, match=r"s at 32 px: 1,000 images of 1×32×32 pixels take 1.02 MB"):
+        resized_images(small, 32)
+    monkeypatch.setattr(data, "available_memory", lambda: None)  # unknown: no guard
+    assert resized_images(small, 32).shape == (1000, 1, 32, 32)
+
+
+# --- memory: uint8 only, chunked work, shared memory-mapped copies ---------------------------------
+
+
+def _mapped_file(tensor: torch.Tensor) -> str | None:
+    """The file whose memory map holds the tensor's first byte, from /proc/self/maps (None if anonymous)."""
+    address = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        if low <= address < high:
+            return fields[5].strip() if len(fields) == 6 else None
+    return None
+
+
+linux_only = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps")
+
+
+def test_synthetic_generation_never_holds_float_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Peak traced memory stays near the uint8 size (the old generator peaked at ~25×)."""
+    import tracemalloc
+
+    monkeypatch.setattr(data, "_CHUNK_BYTES", 2**20)
+    uint8_size = 2000 * 3 * 32 * 32
+    tracemalloc.start()
+    try:
+        dataset = load_dataset("synthetic:n=2000,size=32,channels=3")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert dataset.images.shape == (2000, 3, 32, 32)
+    assert peak < uint8_size + 6 * 2**20, f"peak {peak / 1e6:.1f} MB for {uint8_size / 1e6:.1f} MB of images"
+
+
+def test_chunking_changes_no_pixel_and_no_statistic(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = "synthetic:n=300,classes=6,size=16,channels=3,seed=2"
+    whole = load_dataset(spec)
+    whole_split = split_dataset(whole, val_fraction=0.2, seed=0)
+    whole_small = resized_images(whole, 7)
+    data.clear_dataset_cache()
+    monkeypatch.setattr(data, "_CHUNK_BYTES", 3000)  # a few images per chunk
+    chunked = load_dataset(spec)
+    assert chunked is not whole and torch.equal(chunked.images, whole.images)
+    split = split_dataset(chunked, val_fraction=0.2, seed=0)
+    assert split.mean == whole_split.mean and split.std == whole_split.std
+    assert torch.equal(resized_images(chunked, 7), whole_small)
+    # The exact-integer statistics agree with a float64 computation over the whole train split.
+    train = whole.images[whole_split.train_indices].double() / 255
+    assert split.mean == pytest.approx(train.mean(dim=(0, 2, 3)).tolist(), rel=1e-12)
+    assert split.std == pytest.approx(train.std(dim=(0, 2, 3)).tolist(), rel=1e-12)
+
+
+def test_split_and_resize_make_no_float_copy_of_the_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class FloatImages(TorchDispatchMode):
+        """The most images in any 4-D float tensor an operation makes."""
+
+        most = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.is_floating_point() and out.dim() == 4:
+                self.most = max(self.most, int(out.shape[0]))
+            return out
+
+    monkeypatch.setattr(data, "_CHUNK_BYTES", 4 * 3 * 16 * 16 * 50)  # 50 float images per chunk
+    dataset = load_dataset("synthetic:n=400,classes=4,size=16,channels=3")
+    with FloatImages() as watch:
+        split_dataset(dataset, val_fraction=0.2, seed=0)
+        resized_images(dataset, 12)
+    assert 0 < watch.most <= 50
+
+
+@linux_only
+def test_big_arrays_are_memory_mapped_from_one_shared_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "SHARE_MIN_BYTES", 0)
+    spec = "synthetic:n=200,classes=4,size=16,channels=1"
+    first = load_dataset(spec)
+    native = _mapped_file(first.images)
+    small = _mapped_file(resized_images(first, 12))
+    assert native is not None and native.startswith(str(tmp_path / "cache")) and native.endswith(".images.npy")
+    assert small is not None and small.endswith(".r12.npy")
+
+    # Another worker (here: this process after forgetting its datasets) maps the same files.
+    data.clear_dataset_cache()
+    second = load_dataset(spec)
+    assert second is not first and _mapped_file(second.images) == native
+    assert _mapped_file(resized_images(second, 12)) == small and torch.equal(second.images, first.images)
+
+    # The map is copy-on-write: a stray write changes this process's copy, never the shared file.
+    original = second.images[0].clone()
+    second.images[0] = 0
+    assert torch.equal(torch.from_numpy(np.load(native)[0]), original)
+    assert torch.equal(first.images[0], original)
+
+
+def test_npz_is_cached_as_a_shared_copy_and_a_changed_file_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data, "SHARE_MIN_BYTES", 0)
+    path = tmp_path / "d.npz"
+    x = np.random.default_rng(0).integers(0, 256, size=(20, 6, 6), dtype=np.uint8)
+    np.savez(path, x=x, y=np.arange(20) % 2)
+    first = load_dataset(f"npz:{path}")
+    assert len(list((tmp_path / "cache").glob("npz-*.images.npy"))) == 1
+    data.clear_dataset_cache()
+    again = load_dataset(f"npz:{path}")
+    assert torch.equal(again.images[:, 0], torch.from_numpy(x)) and torch.equal(again.labels, first.labels)
+
+    np.savez(path, x=255 - x, y=np.arange(20) % 2)
+    os.utime(path, ns=(1, 1))
+    data.clear_dataset_cache()
+    changed = load_dataset(f"npz:{path}")
+    assert torch.equal(changed.images[:, 0], torch.from_numpy(255 - x))
+
+
+# --- a damaged cache is rebuilt, never blamed on the dataset -------------------------------------
+
+
+def _replace(path: Path, content: bytes) -> None:
+    """Put a damaged file in place of a cache file, as a new file (a copy gone wrong, a bad disk).
+
+    Not by truncating it in place: this process still maps the old file, and reading a mapped page
+    past a truncated end is a SIGBUS. (The cache itself never rewrites a file in place.)
+    """
+    damaged = path.with_name(path.name + ".damaged")
+    damaged.write_bytes(content)
+    os.replace(damaged, path)
+
+
+@pytest.mark.parametrize(
+    ("victim", "damage"),
+    [
+        ("images.npy", b"not an array at all"),
+        ("images.npy", None),  # truncated to half
+        ("labels.npy", b"\x93NUMPY garbage"),
+        ("json", b'{"format": 2, "shape"'),
+        ("json", b"PK\x03\x04 looks like a zip"),
+    ],
+)
+def test_damaged_folder_cache_is_rebuilt(tmp_path: Path, victim: str, damage: bytes | None) -> None:
+    root = write_folder(tmp_path / "pets")
+    cache = tmp_path / "own-cache"
+    first = load_dataset(f"imagefolder:{root}", cache_dir=str(cache))
+    (target,) = cache.glob(f"imagefolder-*.{victim}")
+    _replace(target, damage if damage is not None else target.read_bytes()[: target.stat().st_size // 2])
+
+    data.clear_dataset_cache()
+    second = load_dataset(f"imagefolder:{root}", cache_dir=str(cache))
+    assert torch.equal(second.images, first.images) and second.class_names == first.class_names
+    # Rebuilt: a third load reads a valid entry again.
+    data.clear_dataset_cache()
+    assert data._read_entry(str(cache), target.name.split(".")[0]) is not None
+
+
+def test_damaged_resized_copy_is_rebuilt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(data, "SHARE_MIN_BYTES", 0)
+    dataset = load_dataset("synthetic:n=100,classes=2,size=16,channels=1")
+    expected = resized_images(dataset, 10).clone()
+    (copy,) = (tmp_path / "cache").glob("*.r10.npy")
+    _replace(copy, copy.read_bytes()[:200])
+    data.clear_dataset_cache()
+    assert torch.equal(resized_images(load_dataset("synthetic:n=100,classes=2,size=16,channels=1"), 10), expected)
+    assert np.load(copy).shape == (100, 1, 10, 10)
+
+
+def test_unwritable_cache_directory_still_loads(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "pets")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    dataset = load_dataset(f"imagefolder:{root}", cache_dir=str(blocker / "cache"))
+    assert dataset.images.shape == (18, 3, 24, 24)
+
+
+def test_processes_that_ask_at_once_build_a_shared_copy_once(tmp_path: Path) -> None:
+    """While one builder holds the lock, another waits and then maps its file instead of building."""
+    import threading
+
+    path = str(tmp_path / "cache" / "x.r4.npy")
+    shape = (3, 1, 4, 4)
+    built: list[int] = []
+    results: list[np.ndarray] = []
+
+    def chunks() -> list[np.ndarray]:
+        built.append(1)
+        return [np.full(shape, 7, np.uint8)]
+
+    with data._build_lock(path):
+        waiter = threading.Thread(target=lambda: results.append(data._materialize(path, shape, chunks)))
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive()  # blocked on the lock
+        data._write_npy(path, shape, [np.full(shape, 5, np.uint8)])
+    waiter.join(10)
+    assert built == [] and int(results[0][0, 0, 0, 0]) == 5
