@@ -7,7 +7,9 @@ Each command module keeps its heavy imports (torch, ray, optuna, matplotlib) ins
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -34,21 +36,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: returns the process exit status (0 ok, 2 bad input, 130 interrupted)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 2
+    """Entry point of the console script and `python -m scalesearch`: returns the exit status.
+
+    0 ok, 2 bad input (one line on stderr: argparse's usage errors and every UserError), 130 on Ctrl-C
+    at any point (also while the commands' modules import), never a traceback for either.
+    """
+    command = "scalesearch"
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return 2
+        command = f"scalesearch {args.command}"
         return int(args.run(args) or 0)
     except UserError as error:
-        print(f"scalesearch {args.command}: error: {error}", file=sys.stderr)
+        print(f"{command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"scalesearch {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        # The reader went away (`scalesearch family | head`): not an error. Point stdout at devnull so
+        # Python's flush at exit does not complain again (the recipe in Python's signal docs).
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 
