@@ -35,6 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_cluster_early(args: argparse.Namespace) -> None:
+    """A command that joins a Ray cluster (--address or $RAY_ADDRESS) checks the address before it
+    loads data and models, so a wrong one costs seconds, not the command's whole start-up.
+    ray_session checks again when it joins (the cluster may have changed since)."""
+    if "address" not in vars(args):
+        return
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        from scalesearch.cluster import check_address
+
+        check_address(address)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and `python -m scalesearch`: returns the exit status.
 
@@ -49,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         command = f"scalesearch {args.command}"
+        _check_cluster_early(args)
         return int(args.run(args) or 0)
     except UserError as error:
         print(f"{command}: error: {error}", file=sys.stderr)

@@ -49,7 +49,9 @@ def absolute_dataset_spec(spec: str) -> str:
 
 # The whole address check must end within PROBE_SECONDS, so a wrong address costs one line and a few
 # seconds (ray.init itself retries for 20 s or more, and hangs on a port where another service listens).
-PROBE_SECONDS = 8.0
+# A real GCS answers all of it in well under a second. The CLI checks --address before it loads data
+# and models (cli._check_cluster_early), so a wrong address ends the command within about 5 s.
+PROBE_SECONDS = 5.0
 CONNECT_SECONDS = 3.0  # TCP connect: a host that drops packets answers nothing
 ANSWER_SECONDS = 3.0  # a gRPC server answers the HTTP/2 preface in one round trip; silence means no GCS
 # HTTP/2 client preface and an empty SETTINGS frame (RFC 9113 §3.4): a gRPC server such as Ray's GCS
@@ -124,16 +126,16 @@ def check_address(address: str, *, timeout: float = PROBE_SECONDS) -> ClusterAcc
     if address.startswith("ray://"):
         return ClusterAccess(address, None)  # Ray Client: its server spoke gRPC; ray.init does the rest
     user_mode = os.environ.get(AUTH_MODE_ENV)
-    outcome = _probe_gcs(address, user_mode, deadline)
+    outcome = _probe_gcs(address, user_mode, deadline, timeout)
     if outcome == "ok":
         return ClusterAccess(address, user_mode)
     if "AuthenticationError" not in outcome and "InvalidAuthToken" not in outcome:
-        raise UserError(f"the Ray cluster at {address} did not accept a connection: {outcome}")
+        raise UserError(f"no Ray cluster at {address}: Ray's client got {outcome}")
     token = find_token()
     if user_mode is None and token is not None:
         # `ray start --head` turns token authentication on whenever ~/.ray/auth_token exists, but a
         # driver given an explicit address does not: ask for token mode, as `ray start` did.
-        if _probe_gcs(address, "token", deadline) == "ok":
+        if _probe_gcs(address, "token", deadline, timeout) == "ok":
             return ClusterAccess(address, "token")
         raise UserError(f"the Ray cluster at {address} rejected the token in {token}: {TOKEN_HELP}")
     if token is None:
@@ -196,7 +198,7 @@ def _check_speaks_http2(address: str, host: str, port: int, deadline: float) -> 
                     "--port` was given?)")  # fmt: skip
 
 
-def _probe_gcs(address: str, auth_mode: str | None, deadline: float) -> str:
+def _probe_gcs(address: str, auth_mode: str | None, deadline: float, budget: float) -> str:
     """'ok' when Ray's own GCS client gets an answer at `address` in `auth_mode`, else its error line."""
     env = dict(os.environ)
     if auth_mode is not None:
@@ -213,7 +215,8 @@ def _probe_gcs(address: str, auth_mode: str | None, deadline: float) -> str:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise UserError(f"the Ray cluster at {address} did not answer within {PROBE_SECONDS:g} s") from None
+        raise UserError(f"no Ray cluster at {address}: a gRPC service answers there but not as Ray's GCS within "
+                        f"{budget:g} s") from None  # fmt: skip
     lines = done.stdout.strip().splitlines()
     return lines[-1] if lines else f"the probe exited with status {done.returncode}: {done.stderr.strip()[-200:]}"
 

@@ -7,6 +7,7 @@ processes afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import shutil
@@ -81,6 +82,37 @@ def http_server() -> Iterator[str]:
     server.server_close()
 
 
+@pytest.fixture
+def grpc_lookalike() -> Iterator[str]:
+    """A service that answers the HTTP/2 preface like a gRPC server, then never answers a call: only
+    Ray's own GCS client can tell it is not Ray, and that client blocks (and ignores Ctrl-C)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection = server.accept()[0]
+            except OSError:
+                continue
+            held.append(connection)
+            with contextlib.suppress(OSError):
+                connection.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # an empty SETTINGS frame
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for connection in held:
+        connection.close()
+    server.close()
+
+
 @pytest.mark.parametrize(
     ("address", "message"),
     [
@@ -115,6 +147,26 @@ def test_http_server_is_not_a_ray_cluster(http_server: str) -> None:
     assert time.monotonic() - start < 3
 
 
+def test_grpc_lookalike_is_abandoned_at_the_deadline(grpc_lookalike: str) -> None:
+    start = time.monotonic()
+    with pytest.raises(UserError, match="answers there but not as Ray's GCS within 1.5 s"):
+        cluster.check_address(grpc_lookalike, timeout=1.5)
+    assert time.monotonic() - start < 2.5
+
+
+def test_ctrl_c_interrupts_the_probe(grpc_lookalike: str) -> None:
+    """Ctrl-C while Ray's GCS client waits on a service that never answers: the check stops at once."""
+    code = f"from scalesearch.cluster import check_address; check_address({grpc_lookalike!r}, timeout=30)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # well inside the probe (its imports take a fraction of a second)
+    interrupted = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=10)
+    assert time.monotonic() - interrupted < 2
+    assert "KeyboardInterrupt" in err
+
+
 def _search_fails(address: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[str, float]:
     """`scalesearch search --address ADDRESS` on the tiny space: exit 2, one stderr line; (line, seconds)."""
     start = time.monotonic()
@@ -146,6 +198,20 @@ def test_search_on_an_http_server_ends_with_one_line(
     err, seconds = _search_fails(http_server, tmp_path, capsys)
     assert "not Ray's GCS" in err
     assert seconds < LIMIT_S
+
+
+def test_search_interrupted_while_probing_exits_130(grpc_lookalike: str, tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "scalesearch", "search", "--space", TINY_SPACE, "--address", grpc_lookalike,
+            "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    time.sleep(2)  # the CLI checks the address first; the probe waits PROBE_SECONDS on this service
+    interrupted = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 130, err
+    assert time.monotonic() - interrupted < 3
+    assert err.count("\n") == 1 and "interrupted" in err and "Traceback" not in err
 
 
 def test_token_is_found_where_ray_looks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
