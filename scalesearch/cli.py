@@ -51,8 +51,9 @@ def _check_cluster_early(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and `python -m scalesearch`: returns the exit status.
 
-    0 ok, 2 bad input (one line on stderr: argparse's usage errors and every UserError), 130 on Ctrl-C
-    at any point (also while the commands' modules import), never a traceback for either.
+    0 ok; 2 bad input (argparse's usage message for a bad flag, one line on stderr for every
+    UserError); 130 on Ctrl-C at any point, also while the commands' modules import; no traceback for
+    either.
     """
     command = "scalesearch"
     try:

@@ -313,3 +313,33 @@ def test_a_wrong_token_is_one_line(
     err, seconds = _search_fails(ray_head, tmp_path, capsys)
     assert "rejected the token" in err
     assert seconds < LIMIT_S
+
+
+@pytest.mark.slow
+def test_builder_module_reaches_the_workers_of_a_joined_cluster(
+    ray_head: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A custom builder's module, shipped by ray_session to a `ray start` cluster: its workers rebuild
+    the space at a path that does not exist there, so only the runtime env can give them the module."""
+    import ray
+
+    from scalesearch.families import ModelSpec
+    from scalesearch.search import SearchSettings
+    from scalesearch.spaces import load_space, space_from_text
+
+    monkeypatch.delenv(cluster.AUTH_MODE_ENV, raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    name = f"cluster_cnn_{os.getpid()}"
+    shutil.copy(ROOT / "examples" / "small_cnn.py", tmp_path / f"{name}.py")
+    text = (ROOT / "examples" / "small_cnn.yaml").read_text().replace("small_cnn:build", f"{name}:build")
+    (tmp_path / "space.yaml").write_text(text)
+    space = load_space(tmp_path / "space.yaml")
+
+    def build_on_worker(source: str) -> int:
+        remote = space_from_text(source, path="/not/on/this/worker/space.yaml")
+        return remote.proxy_family.total_blocks(ModelSpec(resolution=12, in_channels=1, width_mult=0.5))
+
+    settings = SearchSettings(space_path=space.path, dataset="digits", concurrency=1, address=ray_head)
+    with cluster.ray_session(settings, space=space) as where:
+        assert where == ray_head
+        assert ray.get(ray.remote(num_cpus=1)(build_on_worker).remote(space.source)) == 2 + 3 + 4
