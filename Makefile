@@ -1,5 +1,6 @@
 # Two commands on a fresh machine:  `make run` (the main job) and `make test` (lint, types, tests).
-# Both create .venv and install everything on first use.
+# Both create .venv and install everything on first use. `make test-slow` runs the slow tests (a wheel
+# installed into a fresh venv, a real `ray start` cluster, whole searches); CI runs both (.ci/run).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 #   make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-slow lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +22,17 @@ run: $(BIN)/.installed
 	$(BIN)/scalesearch search
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check scalesearch tests benchmarks
-	$(BIN)/ruff format --check scalesearch tests benchmarks
+	$(BIN)/ruff check scalesearch tests benchmarks examples
+	$(BIN)/ruff format --check scalesearch tests benchmarks examples
 	$(BIN)/mypy
 
 test: lint
 	$(BIN)/pytest
+
+# The venv's bin first on PATH: the cluster test runs the venv's `ray start`. TORCH_INDEX reaches the
+# install test, which puts torch into a fresh venv the way this Makefile does.
+test-slow: $(BIN)/.installed
+	PATH="$(abspath $(BIN)):$$PATH" TORCH_INDEX="$(TORCH_INDEX)" $(BIN)/pytest -m slow
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -7,7 +7,9 @@ Each command module keeps its heavy imports (torch, ray, optuna, matplotlib) ins
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -33,22 +35,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_cluster_early(args: argparse.Namespace) -> None:
+    """A command that joins a Ray cluster (--address or $RAY_ADDRESS) checks the address before it
+    loads data and models, so a wrong one costs seconds, not the command's whole start-up.
+    ray_session checks again when it joins (the cluster may have changed since)."""
+    if "address" not in vars(args):
+        return
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        from scalesearch.cluster import check_address
+
+        check_address(address)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: returns the process exit status (0 ok, 2 bad input, 130 interrupted)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 2
+    """Entry point of the console script and `python -m scalesearch`: returns the exit status.
+
+    0 ok; 2 bad input (argparse's usage message for a bad flag, one line on stderr for every
+    UserError); 130 on Ctrl-C at any point, also while the commands' modules import; no traceback for
+    either.
+    """
+    command = "scalesearch"
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return 2
+        command = f"scalesearch {args.command}"
+        _check_cluster_early(args)
         return int(args.run(args) or 0)
     except UserError as error:
-        print(f"scalesearch {args.command}: error: {error}", file=sys.stderr)
+        print(f"{command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"scalesearch {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        # The reader went away (`scalesearch family | head`): not an error. Point stdout at devnull so
+        # Python's flush at exit does not complain again (the recipe in Python's signal docs).
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 

@@ -1,13 +1,28 @@
 """Search spaces: a YAML file naming a family, its base architecture, the target base, the proxy base
 the search trains, the constraint, and search/recipe defaults. Loaded once into frozen dataclasses.
 
+A space can name the user's own model instead of a built-in family (see families/custom.py):
+
+    family: custom                    # optional when `builder` is given
+    builder: "small_cnn:build"        # MODULE:ATTRIBUTE: a function (or nn.Module class) taking
+                                      #   width_mult, depth_mult, num_classes, in_channels
+                                      #   [, resolution, dropout] and the `architecture` keys as
+                                      #   keyword arguments, or a scalesearch Family subclass
+    builder_path: "."                 # optional: folder searched first for MODULE, relative to this
+                                      #   file (default: this file's folder); then the Python path
+
+Shipped spaces (`efficientnet_b0`, ...) are found by name: in $SCALESEARCH_SPACES when set, else in the
+checkout's search_spaces/ folder, else in the installed package (scalesearch.search_spaces).
+
 Torch is not imported here; the family (which needs torch) is looked up on first use.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,12 +43,17 @@ from scalesearch.scaling import (
 if TYPE_CHECKING:
     from scalesearch.families import Family, ModelSpec
 
-SPACES_DIR = Path(os.environ.get("SCALESEARCH_SPACES", Path(__file__).resolve().parent.parent / "search_spaces"))
+SPACES_ENV = "SCALESEARCH_SPACES"  # a folder of space files that replaces the shipped ones
 DEFAULT_SPACE = "efficientnet_b0"
+CUSTOM_FAMILY = "custom"
+# MODULE:ATTRIBUTE, both dotted Python names: what importlib can import, nothing that runs code.
+BUILDER_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 TOP_LEVEL_KEYS = {
     "name",
     "variant_prefix",
     "family",
+    "builder",
+    "builder_path",
     "architecture",
     "base",
     "reference",
@@ -96,20 +116,34 @@ class SearchSpace:
     tolerance: float = DEFAULT_TOLERANCE
     search: Mapping[str, Any] = field(default_factory=dict)  # defaults for `scalesearch search`
     recipe: Mapping[str, Any] = field(default_factory=dict)  # raw mapping for Recipe.from_mapping
+    builder: str | None = None  # the user's MODULE:ATTRIBUTE when family is "custom"
+    builder_root: str | None = None  # absolute folder searched first for the builder's module
+    # The YAML text itself: a worker on another machine rebuilds the space with `space_from_text`
+    # without the file (which exists only where the command ran).
+    source: str = field(default="", repr=False, compare=False)
 
     @cached_property
     def family(self) -> Family:
         """The family built from the target base's architecture."""
-        from scalesearch.families import get_family
-
-        return get_family(self.family_name)(self.base.architecture)
+        return self._make_family(self.base.architecture)
 
     @cached_property
     def proxy_family(self) -> Family:
         """The family built from the proxy's architecture (finer rounding, no stochastic depth)."""
+        return self._make_family(self.proxy.architecture)
+
+    def _make_family(self, architecture: Mapping[str, Any]) -> Family:
+        if self.builder is not None:
+            from scalesearch.families.custom import custom_family
+
+            return custom_family(self.builder, architecture, root=self.builder_root)
         from scalesearch.families import get_family
 
-        return get_family(self.family_name)(self.proxy.architecture)
+        return get_family(self.family_name)(architecture)
+
+    def builder_module(self) -> str | None:
+        """The module a custom builder is imported from (what a cluster's workers need), or None."""
+        return self.builder.partition(":")[0] if self.builder else None
 
     def scaled_spec(
         self, coefficients: Coefficients, phi: float, *, num_classes: int = 1000, in_channels: int = 3
@@ -151,17 +185,40 @@ def _scale(base: BaseModel, coefficients: Coefficients, phi: float, num_classes:
     )
 
 
+def spaces_dir() -> Path:
+    """The folder of the shipped spaces: $SCALESEARCH_SPACES, the checkout's search_spaces/, or the
+    installed package's copy (the wheel maps search_spaces/ to scalesearch.search_spaces)."""
+    override = os.environ.get(SPACES_ENV)
+    if override:
+        return Path(override)
+    # A source checkout (editable install or PYTHONPATH) reads the folder the docs point at.
+    checkout = Path(__file__).resolve().parent.parent / "search_spaces"
+    if (checkout / f"{DEFAULT_SPACE}.yaml").is_file():
+        return checkout
+    try:
+        installed = importlib.resources.files("scalesearch.search_spaces")
+    except ModuleNotFoundError:
+        return checkout
+    # A regular package (search_spaces/__init__.py) installed as files: a plain folder.
+    return installed if isinstance(installed, Path) else checkout
+
+
+def shipped_spaces() -> list[str]:
+    """Names of the shipped spaces, sorted."""
+    return sorted(p.stem for p in spaces_dir().glob("*.yaml"))
+
+
 def resolve_space_path(path_or_name: str | os.PathLike[str]) -> Path:
-    """A file path as given, or the name of a shipped space (`efficientnet_b0`) in search_spaces/."""
+    """A file path as given, or the name of a shipped space (`efficientnet_b0`)."""
     path = Path(path_or_name)
     if path.is_file():
         return path
-    shipped = SPACES_DIR / f"{path_or_name}.yaml"
+    shipped = spaces_dir() / f"{path_or_name}.yaml"
     if path.suffix == "" and shipped.is_file():
         return shipped
     if path.exists():
         raise UserError(f"search space {str(path)!r} is not a file")
-    available = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))) or "none"
+    available = ", ".join(shipped_spaces()) or "none"
     raise UserError(f"search space {str(path_or_name)!r} not found (a YAML file, or one of: {available})")
 
 
@@ -169,7 +226,18 @@ def load_space(path_or_name: str | os.PathLike[str] = DEFAULT_SPACE) -> SearchSp
     """Read and validate a search-space YAML; UserError names the file and the problem."""
     path = resolve_space_path(path_or_name)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: cannot read: {error}") from None
+    return space_from_text(text, path=path)
+
+
+def space_from_text(text: str, *, path: str | os.PathLike[str]) -> SearchSpace:
+    """A space from its YAML text, as if read from `path` (which need not exist on this machine: a
+    custom builder's module is then found on the Python path, where a cluster's runtime env puts it)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(text)
     except yaml.constructor.ConstructorError as error:
         # safe_load refuses !!python/object and friends: say so plainly.
         raise UserError(f"{path}: refusing a YAML tag that would construct objects ({error.problem})") from None
@@ -177,15 +245,21 @@ def load_space(path_or_name: str | os.PathLike[str] = DEFAULT_SPACE) -> SearchSp
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise UserError(f"{path}: malformed YAML{where}: {getattr(error, 'problem', error)}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: cannot read: {error}") from None
     try:
-        space = _parse_space(raw, path)
+        space = _parse_space(raw, path, text)
         space.family  # noqa: B018  (validates the architecture now, not at first build)
         space.proxy_family  # noqa: B018
+        if space.builder is not None:
+            _check_builder(space)
     except UserError as error:
         raise UserError(f"{path}: {error}") from None
     return space
+
+
+def _check_builder(space: SearchSpace) -> None:
+    """Build the proxy base once, so a builder that fails or returns no module fails at load time."""
+    spec = space.scaled_proxy(Coefficients(1.0, 1.0, 1.0), 0.0, num_classes=10, in_channels=3)
+    space.proxy_family.build(spec)
 
 
 def _mapping(raw: Any, what: str) -> Mapping[str, Any]:
@@ -248,16 +322,37 @@ def _base_model(raw: Mapping[str, Any], what: str, architecture: Mapping[str, An
     )
 
 
-def _parse_space(raw: Any, path: Path) -> SearchSpace:
+def _builder(top: Mapping[str, Any], path: Path) -> tuple[str, str | None, str | None]:
+    """(family name, builder, builder root) from the `family`, `builder` and `builder_path` keys."""
+    family_name = top.get("family", CUSTOM_FAMILY if "builder" in top else None)
+    if not isinstance(family_name, str) or not family_name:
+        raise UserError("'family' must name a model family, e.g. efficientnet, or be 'custom' with a 'builder'")
+    builder = top.get("builder")
+    if builder is None:
+        if family_name == CUSTOM_FAMILY:
+            raise UserError("'family: custom' needs 'builder: MODULE:FUNCTION' (e.g. small_cnn:build)")
+        if "builder_path" in top:
+            raise UserError("'builder_path' goes with 'builder'")
+        return family_name, None, None
+    if family_name != CUSTOM_FAMILY:
+        raise UserError(f"'builder' goes with 'family: custom' (or no family), not family {family_name!r}")
+    if not isinstance(builder, str) or not BUILDER_PATTERN.match(builder.strip()):
+        raise UserError(f"'builder' must be MODULE:ATTRIBUTE such as my_models.cnn:build, got {builder!r}")
+    folder = top.get("builder_path", ".")
+    if not isinstance(folder, str) or not folder:
+        raise UserError(f"'builder_path' must be a folder (relative to the space file), got {folder!r}")
+    root = (path.resolve().parent / folder).resolve()
+    return family_name, builder.strip(), str(root)
+
+
+def _parse_space(raw: Any, path: Path, text: str = "") -> SearchSpace:
     top = _mapping(raw, "the file")
     if not top:
         raise UserError("the file is empty")
     unknown = set(top) - TOP_LEVEL_KEYS
     if unknown:
         raise UserError(f"unknown top-level keys {sorted(unknown)} (known: {sorted(TOP_LEVEL_KEYS)})")
-    family_name = top.get("family")
-    if not isinstance(family_name, str) or not family_name:
-        raise UserError("'family' must name a model family, e.g. efficientnet")
+    family_name, builder, builder_root = _builder(top, path)
     architecture = _mapping(top.get("architecture"), "architecture")
     base = _base_model(_mapping(top.get("base"), "base"), "base", architecture, None)
     proxy = _base_model(_mapping(top.get("proxy"), "proxy"), "proxy", architecture, base)
@@ -297,4 +392,7 @@ def _parse_space(raw: Any, path: Path) -> SearchSpace:
         tolerance=tolerance,
         search=dict(_mapping(top.get("search"), "search")),
         recipe=dict(_mapping(top.get("recipe"), "recipe")),
+        builder=builder,
+        builder_root=builder_root,
+        source=text,
     )

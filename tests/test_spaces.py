@@ -4,7 +4,7 @@ import pytest
 
 from scalesearch.errors import UserError
 from scalesearch.scaling import Coefficients
-from scalesearch.spaces import load_space
+from scalesearch.spaces import load_space, space_from_text
 
 
 def test_shipped_space_loads_by_name():
@@ -57,3 +57,18 @@ def test_bad_space_files_fail_with_one_clear_line(tmp_path, text, message):
 def test_missing_space_file():
     with pytest.raises(UserError, match="not found"):
         load_space("/nonexistent/space.yaml")
+
+
+def test_space_from_text_is_the_space_without_its_file():
+    """A worker on another machine rebuilds the space from its text (the file exists only on the driver)."""
+    space = load_space("efficientnet_b0")
+    again = space_from_text(space.source, path="/elsewhere/efficientnet_b0.yaml")
+    assert again.name == space.name and again.path == "/elsewhere/efficientnet_b0.yaml"
+    assert (again.base, again.proxy, again.reference, again.search, again.recipe) == (
+        space.base,
+        space.proxy,
+        space.reference,
+        space.search,
+        space.recipe,
+    )
+    assert space.builder is None and space.builder_module() is None

@@ -22,7 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "recipe on the dataset, and print per-epoch validation metrics, params and FLOPs. "
         "This is exactly what one search trial does.",
     )
-    parser.add_argument("--space", required=True, help="search-space YAML or shipped name (efficientnet_b0)")
+    parser.add_argument(
+        "--space", default="efficientnet_b0", help="search-space YAML or shipped name (default: efficientnet_b0)"
+    )
     parser.add_argument("--dataset", default="digits", help="dataset spec (default: digits)")
     parser.add_argument("--alpha", type=float, required=True, help="depth coefficient")
     parser.add_argument("--beta", type=float, required=True, help="width coefficient")

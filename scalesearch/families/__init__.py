@@ -1,5 +1,6 @@
 """Scalable model families. Importing this package registers every built-in family."""
 
+from scalesearch.families import custom as _custom  # noqa: F401  (registers "custom": a user's builder)
 from scalesearch.families import efficientnet as _efficientnet  # noqa: F401  (registers "efficientnet")
 from scalesearch.families import resnet as _resnet  # noqa: F401  (registers "resnet")
 from scalesearch.families import vit as _vit  # noqa: F401  (registers "vit")
