@@ -331,7 +331,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, command: str =
         )
     if not resume:
         runs.start(out, settings)
-    with runs.locked(out), ray_session(settings) as where:
+    with runs.locked(out), ray_session(settings, space=space) as where:
         state = SearchState(settings, space, found, done, out, progress)
         progress.total = state.total
         progress.done = sum(1 for n in done if n < state.total)
