@@ -213,7 +213,9 @@ def tune_trainable(config: dict[str, Any]) -> None:
     job = TrainJob(**config["job"])
 
     def on_epoch(accuracy: float, metrics: Any, costs: Mapping[str, Any]) -> None:
-        tune.report({"val_accuracy": accuracy, "epoch": int(metrics.epoch), **(costs if metrics.epoch == 1 else {})})
+        layout = str(getattr(metrics, "layout", "") or "")
+        first = costs if metrics.epoch == 1 else {}
+        tune.report({"val_accuracy": accuracy, "epoch": int(metrics.epoch), "layout": layout, **first})
 
     outcome = train_job(job, on_epoch)
     tune.report(

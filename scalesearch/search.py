@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -67,6 +68,7 @@ class SearchState:
             verbose=settings.verbose,
         )
         self.inject = os.environ.get("SCALESEARCH_INJECT_FAULT", "")
+        self.write_error: runs.RunWriteError | None = None
 
     # Rounds ------------------------------------------------------------------------------------
 
@@ -166,7 +168,14 @@ class SearchState:
                     merged.update({k: other.get(k) for k in runs.WORKER_COST_KEYS})
                     break
         self.rows[number] = merged
-        runs.write_trials(self.out / runs.TRIALS, self.rows, pareto_column=self.settings.pareto_column())
+        try:
+            runs.write_trials(self.out / runs.TRIALS, self.rows, pareto_column=self.settings.pareto_column())
+        except runs.RunWriteError as error:
+            if self.write_error is None:
+                self.write_error = error  # Tune swallows callback errors: the searcher ends the search
+            if row.get("stage") != "search":
+                raise
+            return
         if row.get("stage") == "search":
             self.progress.done = sum(1 for n in self.rows if n < self.total)
             self.refresh(f"trial {number} {row['status']}")
@@ -216,6 +225,8 @@ def make_tune_parts(state: SearchState) -> tuple[Any, Any, Any]:
             super().__init__(metric="val_accuracy", mode="max")
 
         def suggest(self, trial_id: str) -> dict[str, Any] | None:
+            if state.write_error is not None:
+                return Searcher.FINISHED  # type: ignore[return-value]
             planned = state.next_trial()
             if planned == "done":
                 return Searcher.FINISHED  # type: ignore[return-value]
@@ -233,6 +244,8 @@ def make_tune_parts(state: SearchState) -> tuple[Any, Any, Any]:
         earlier rounds' trials at that epoch (the first round is never stopped)."""
 
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+            if state.write_error is not None:
+                return TrialScheduler.STOP  # nothing more can be saved: stop at once
             if state.settings.scheduler != "asha" or "outcome" in result:
                 return TrialScheduler.CONTINUE
             rung = max(1, state.settings.epochs // 2)
@@ -260,6 +273,7 @@ def make_tune_parts(state: SearchState) -> tuple[Any, Any, Any]:
                 return
             running = state.running[number]
             running["accuracies"].append(float(result["val_accuracy"]))
+            running["layout"] = result.get("layout", "")
             running["costs"].update({k: result[k] for k in runs.WORKER_COST_KEYS if k in result})
             state.refresh()
 
@@ -268,7 +282,11 @@ def make_tune_parts(state: SearchState) -> tuple[Any, Any, Any]:
             if number in state.running:  # stopped early: no closing report
                 running = state.running[number]
                 outcome = Outcome(
-                    "stopped", tuple(running["accuracies"]), time.monotonic() - running["start"], "", running["costs"]
+                    "stopped",
+                    tuple(running["accuracies"]),
+                    time.monotonic() - running["start"],
+                    running.get("layout", ""),
+                    running["costs"],
                 )
                 self._record(number, outcome)
 
@@ -284,7 +302,7 @@ def make_tune_parts(state: SearchState) -> tuple[Any, Any, Any]:
 
         def _record(self, number: int, outcome: Outcome) -> None:
             running = state.running[number]
-            planned = {k: v for k, v in running.items() if k not in ("start", "accuracies", "costs")}
+            planned = {k: v for k, v in running.items() if k not in ("start", "accuracies", "costs", "layout")}
             row = {**planned, **outcome.row()}
             if outcome.status == "completed" and len(outcome.accuracies) < state.settings.epochs:
                 row["status"] = "stopped"
@@ -329,9 +347,10 @@ def run_search(settings: SearchSettings, *, resume: bool = False, command: str =
             f"no network of {space.name}'s proxy meets {space.target:g}^{settings.phi:g} ± "
             f"{space.tolerance:.0%} of the base's {settings.constraint}"
         )
-    if not resume:
-        runs.start(out, settings)
-    with runs.locked(out), ray_session(settings, space=space) as where:
+    with ray_session(settings, space=space) as where, contextlib.ExitStack() as stack:
+        if not resume:
+            runs.start(out, settings)  # only now: a bad flag or a busy machine leaves no folder behind
+        stack.enter_context(runs.locked(out))
         state = SearchState(settings, space, found, done, out, progress)
         progress.total = state.total
         progress.done = sum(1 for n in done if n < state.total)
@@ -424,6 +443,8 @@ def _run_rounds(state: SearchState) -> float:
             ),
         )
         tuner.fit()
+    if state.write_error is not None:
+        raise state.write_error
     return round(time.monotonic() - start, 2)
 
 

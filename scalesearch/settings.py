@@ -87,7 +87,6 @@ class SearchSettings:
     family_phis: str = "0-7"  # the variants family.json lists
     verbose: bool = False
     quiet: bool = False
-    grid: Mapping[str, Any] = field(default_factory=dict)  # accepted from older spaces and runs; unused
 
     def validate(self) -> None:
         """Raise UserError for settings that cannot work, before anything starts."""

@@ -36,6 +36,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads for --costs timings (default: torch's own count)"
     )
+    parser.add_argument(
+        "--pure-rule",
+        action="store_true",
+        help="the pure compound rule, without planning each variant onto its FLOPs budget (target^phi ± tolerance)",
+    )
     parser.add_argument("--format", choices=["table", "json", "yaml", "markdown"], default="table")
     parser.add_argument("--out", metavar="FILE", help="write to FILE (atomically) instead of standard output")
     return parser
@@ -103,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             on_variant=(lambda _row: progress.update(1)) if progress else None,
             costs=args.costs,
             threads=args.threads,
+            calibrated=not args.pure_rule,
         )
     finally:
         if progress is not None:

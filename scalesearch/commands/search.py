@@ -28,7 +28,7 @@ OVERRIDABLE = (
     "confirm_top",
     "confirm_seeds",
 )
-SEARCH_KEYS = {*OVERRIDABLE, "grid", "phi", "batch"}
+SEARCH_KEYS = {*OVERRIDABLE, "phi", "batch"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
