@@ -8,10 +8,11 @@ import argparse
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "report",
-        help="write a Markdown report of a run (coefficients, search, top trials, validation, family, plots)",
-        description="Write RUN_DIR/report.md: the chosen coefficients and constraint, search statistics, the "
-        "top trials, the validation verdict (when `scalesearch validate` has run), the scaled family and "
-        "the plots (drawing RUN_DIR/search.png), with relative links that render on a code host.",
+        help="write a Markdown report of a run (answer, confirmed candidates, search, validation, family, plots)",
+        description="Write RUN_DIR/report.md, leading with the answer: the chosen coefficients, how sure the "
+        "choice is (the confirmed candidates with mean ± std and which are tied), how the search went, the "
+        "frontier across budgets (validation.png, when `scalesearch validate` has run), the search's views "
+        "(search.png, frontier.png, redrawn) and the scaled family, with relative links that render on a code host.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished search run folder")
     parser.add_argument("--out", metavar="FILE", help="report file inside RUN_DIR (default RUN_DIR/report.md)")
