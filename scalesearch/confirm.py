@@ -49,9 +49,13 @@ def scores(rows: Mapping[int, Mapping[str, Any]]) -> list[Score]:
     """One Score per network with at least one completed trial, best mean first (then fewer FLOPs,
     then the network's key, so the order never depends on floating-point noise alone)."""
     grouped: dict[str, list[Mapping[str, Any]]] = {}
+    seen: set[tuple[str, int]] = set()
     for number in sorted(rows):
         row = rows[number]
-        if row.get("status") == "completed" and row.get("final_val_accuracy") is not None:
+        key = (str(row["network"]), int(row["seed"]))
+        # A (network, seed) pair is one measurement, however often it appears (the first counts).
+        if row.get("status") == "completed" and row.get("final_val_accuracy") is not None and key not in seen:
+            seen.add(key)
             grouped.setdefault(str(row["network"]), []).append(row)
     found = []
     for network, members in grouped.items():

@@ -592,16 +592,21 @@ def calibrate(
             best = (abs(miss(spec)), t, spec)
     _, t, spec = best
     if best[0] > band:
-        # Whole blocks and resolution multiples can straddle the band; channels are the finest knob.
-        spec = (
-            _width_for(
-                replace(spec, width_mult=spec.width_mult * 0.9),
-                goal,
-                measurer.macs(replace(spec, width_mult=spec.width_mult * 0.9)) / base_macs,
-                lambda s: measurer.macs(s) / base_macs,
-            )
-            or spec
+        # Whole blocks can straddle the band; channels are the finer knob, and when a channel step
+        # (a divisor of 8 across many blocks) is still too coarse, a few pixels of resolution are.
+        narrower = replace(spec, width_mult=spec.width_mult * 0.9)
+        widened = _width_for(
+            narrower, goal, measurer.macs(narrower) / base_macs, lambda s: measurer.macs(s) / base_macs
         )
+        options = [spec, *([widened] if widened else [])]
+        multiple = space.base.resolution_multiple
+        nudged = [
+            replace(option, resolution=option.resolution + step * multiple)
+            for option in options
+            for step in (0, -1, 1, -2, 2, -3, 3)
+            if option.resolution + step * multiple >= space.base.resolution
+        ]
+        spec = min(nudged, key=lambda s: (round(abs(miss(s)), 3), abs(s.resolution - rule.resolution)))
     return Calibrated(rule=rule, spec=spec, effective_phi=t)
 
 

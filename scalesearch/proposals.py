@@ -21,6 +21,8 @@ from scalesearch.scaling import Shares
 
 # Seeds of the samplers of successive rounds: seed·SEED_STRIDE + round.
 SEED_STRIDE = 100_003
+# The first round of a study: the corners of the simplex (depth, width, resolution only), then its centre.
+INITIAL_DESIGN = [Shares(1.0, 0.0, 0.0), Shares(0.0, 1.0, 0.0), Shares(0.0, 0.0, 1.0), Shares(1 / 3, 1 / 3, 1 / 3)]
 
 
 class Proposer(Protocol):
@@ -116,8 +118,19 @@ class StudyProposer:
         self.told.append((share_params(shares), None if values is None else [float(v) for v in values]))
 
     def propose(self, round_number: int, count: int) -> list[Shares]:
+
+        if round_number == 0 and not self.told:
+            # The first round measures the simplex's extent: the three single-dimension corners and the
+            # centre. The sampler's model then starts from the whole simplex, and an answer in a corner
+            # (where stick-breaking coordinates leave random draws little room) is never missed.
+            return INITIAL_DESIGN[:count] + self._ask(round_number, max(0, count - len(INITIAL_DESIGN)))
+        return self._ask(round_number, count)
+
+    def _ask(self, round_number: int, count: int) -> list[Shares]:
         import optuna
 
+        if count == 0:
+            return []
         optuna.logging.set_verbosity(optuna.logging.DEBUG if self.verbose else optuna.logging.WARNING)
         directions: list[Literal["maximize", "minimize"]] = ["maximize", "minimize"]
         assert self.kind.make is not None
