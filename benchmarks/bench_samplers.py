@@ -172,6 +172,10 @@ def quantile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def standard_error(values: Sequence[float]) -> float:
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+
+
 class GreenletNote(logging.Filter):
     """Drops Optuna's one-off note that greenlet is missing (sequential L-BFGS-B, same results)."""
 
@@ -235,12 +239,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for budget in gp_budgets if sampler == "gp" else budgets:
             cells.append((sampler, budget))
     header = (
-        f"{'sampler':8s} {'N':>4s} | {'best obs: L∞ mean':>17s} {'p90':>6s} {'regret mean':>11s} {'p90':>7s} | "
+        f"{'sampler':8s} {'N':>4s} | {'best obs: L∞ mean ± se':>22s} {'p90':>6s} {'regret mean':>11s} {'p90':>7s} | "
         f"{'best mean: L∞':>13s} {'regret':>7s} | {'distinct':>8s} | "
         + " ".join(f"{s.name[:8]:>8s}" for s in tests)
         + f" | {'seconds':>7s}"
     )
-    print("L∞ distance of the pick from the true optimum and regret (noise-free), over seeds x optima;")
+    print("L∞ distance of the pick from the true optimum (± its standard error) and regret (noise-free), over")
+    print("seeds x optima;")
     print("last columns: mean L∞ of the best-obs pick per optimum")
     print(header)
     print("-" * len(header))
@@ -265,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 per_optimum[surface.name].append(distance["obs"][-1])
                 distinct.append(outcome.distinct)
         print(
-            f"{sampler:8s} {budget:4d} | {statistics.fmean(distance['obs']):17.3f} "
+            f"{sampler:8s} {budget:4d} | {statistics.fmean(distance['obs']):14.3f} ± "
+            f"{standard_error(distance['obs']):.3f} "
             f"{quantile(distance['obs'], 0.9):6.3f} {statistics.fmean(regret['obs']):11.4f} "
             f"{quantile(regret['obs'], 0.9):7.4f} | {statistics.fmean(distance['mean']):13.3f} "
             f"{statistics.fmean(regret['mean']):7.4f} | {statistics.fmean(distinct):8.1f} | "

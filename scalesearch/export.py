@@ -86,7 +86,10 @@ def family_table(
                 last = len(space.reference) - 1
                 raise UserError(f"the reference table has variants 0-{last}; phi {phi:g} is not one of them")
     else:
+        from scalesearch.planner import check_fits
+
         validate_coefficients(coefficients, target=space.target, tolerance=space.tolerance)
+        check_fits(space, coefficients, phis, num_classes=num_classes, in_channels=in_channels)
 
     def spec_at(phi: float) -> ModelSpec:
         if coefficients is None:
@@ -597,6 +600,11 @@ if __name__ == "__main__":
 ''')
 
 
+def _docstring_safe(value: Any) -> str:
+    """`value` as text that cannot end or break the module's docstring (backslashes, quotes)."""
+    return str(value).replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+
+
 def _python_module(data: dict[str, Any]) -> str:
     """A self-contained module with `scaled_config(phi) -> dict` (the rounding rules inline)."""
     coefficients = data["coefficients"] or {"alpha": math.nan, "beta": math.nan, "gamma": math.nan}
@@ -611,10 +619,10 @@ def _python_module(data: dict[str, Any]) -> str:
         return pprint.pformat(value, width=110, sort_dicts=False)
 
     return _MODULE.substitute(
-        space=data["space"],
-        rule_line=_rule_line(data),
-        run=source["run"],
-        dataset=source["dataset"],
+        space=_docstring_safe(data["space"]),
+        rule_line=_docstring_safe(_rule_line(data)),
+        run=_docstring_safe(source["run"]),
+        dataset=_docstring_safe(source["dataset"]),
         trial=source["trial"],
         metric=source["metric"],
         value=f"{source['value']:.4f}" if isinstance(source["value"], float) else source["value"],

@@ -649,3 +649,68 @@ def describe(found: RealizableSet, base_flops: int | None = None) -> list[dict[s
 def spread_points(found: RealizableSet, count: int) -> Sequence[Network]:
     """An evenly spread subset of `count` networks (all when `count` is larger)."""
     return found.spread(count)
+
+
+# Measuring a variant (fvcore traces a real forward pass at batch 1) needs its weights and about
+# its activations in memory; refuse variants whose estimate exceeds this share of available memory.
+MEMORY_SHARE = 0.5
+
+
+def memory_estimate(family: Family, base: ModelSpec, depth: float, width: float, resolution: float) -> int:
+    """Peak bytes of measuring `base` scaled by the multipliers: float32 weights (∝ d·w²) plus three
+    times its largest layer output at batch 1 (∝ w·r²; a no-grad pass frees outputs as it goes), from
+    one meta-device pass over the base: seconds even for a variant far too big to build."""
+    import torch
+
+    with torch.device("meta"):
+        model = family.build(base).eval()
+    weights = sum(p.numel() for p in model.parameters())
+    largest = 0
+
+    def count(module: Any, inputs: Any, output: Any) -> None:
+        nonlocal largest
+        if isinstance(output, torch.Tensor):
+            largest = max(largest, output.numel())
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, base.in_channels, base.resolution, base.resolution, device="meta"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return int(4 * (weights * depth * width**2 + 3 * largest * width * resolution**2))
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (MemAvailable), or the physical total."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def check_fits(
+    space: SearchSpace,
+    coefficients: Coefficients,
+    phis: Sequence[float],
+    *,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+) -> None:
+    """UserError, with the estimate, when measuring the family's largest variant would not fit in memory."""
+    if not phis:
+        return
+    phi = max(phis)
+    base = space.scaled_spec(coefficients, 0.0, num_classes=num_classes, in_channels=in_channels)
+    depth, width, resolution = (value**phi for value in (coefficients.alpha, coefficients.beta, coefficients.gamma))
+    need, have = memory_estimate(space.family, base, depth, width, resolution), available_memory()
+    if need > MEMORY_SHARE * have:
+        raise UserError(
+            f"the variant at phi={phi:g} needs about {need / 1e9:,.1f} GB to measure, more than "
+            f"{MEMORY_SHARE:.0%} of the {have / 1e9:.1f} GB available; choose smaller --phis"
+        )

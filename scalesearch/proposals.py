@@ -71,7 +71,7 @@ def _random(seed: int, trials: int) -> Any:
 
 
 SAMPLERS: dict[str, SamplerKind] = {
-    "grid": SamplerKind("grid", "the realizable set itself, spread evenly over the simplex", False, None),
+    "grid": SamplerKind("grid", "the realizable set itself, spread evenly over the simplex", True, None),
     "tpe": SamplerKind("tpe", "Optuna's multivariate TPE with constant liar", True, _tpe),
     "gp": SamplerKind("gp", "Optuna's Gaussian-process sampler", True, _gp),
     "random": SamplerKind("random", "uniform on the simplex", True, _random),

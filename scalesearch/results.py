@@ -45,7 +45,14 @@ def write_or_print(text: str, out: str | os.PathLike[str] | None) -> None:
     import sys
 
     if out:
-        atomic_write_text(out, text)
+        from scalesearch.errors import UserError
+
+        if os.path.isdir(out):
+            raise UserError(f"--out {out} is a folder; give a file name")
+        try:
+            atomic_write_text(out, text)
+        except OSError as error:
+            raise UserError(f"cannot write --out {out}: {error.strerror or error}") from None
         print(f"wrote {out}", file=sys.stderr)
     else:
         sys.stdout.write(text)

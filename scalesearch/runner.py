@@ -6,6 +6,7 @@ Also the one progress display of long work.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +31,7 @@ class TrainJob:
     device: str = "cpu"
     measure_costs: bool = True  # latency, activations, memory: once per network, not per seed
     label: str = ""  # what progress shows
-    # Testing hook, from $SCALESEARCH_INJECT_FAULT ("raise" or "nan"): this job fails that way, so the
+    # Testing hook, from $SCALESEARCH_INJECT_FAULT ("raise", "nan" or "exit"): this job fails that way, so the
     # failure path (a real exception in a real Ray worker) can be tested end to end.
     inject_fault: str = ""
 
@@ -93,6 +94,8 @@ def train_job(job: TrainJob, on_epoch: Callable[[float, Any, Mapping[str, Any]],
 
         family = load_space(job.space_path).proxy_family
         spec = job.model_spec()
+        if job.inject_fault == "exit":
+            os._exit(3)  # the worker process dies, as when the kernel or Ray's memory monitor kills it
         if job.inject_fault:
             raise RuntimeError("diverged: injected non-finite loss" if job.inject_fault == "nan" else "injected fault")
         costs = measure_job_costs(family.build(spec), spec, job) if job.measure_costs else {}

@@ -331,7 +331,12 @@ def run_search(settings: SearchSettings, *, resume: bool = False, command: str =
     runs.check_writable(out)
     from scalesearch.scaling import parse_phis
 
-    parse_phis(settings.family_phis)  # a bad --family-phis fails now, not after the trials
+    from scalesearch.planner import check_fits
+    from scalesearch.scaling import coefficients_from_shares
+
+    # A bad or absurd --family-phis fails now, not after the trials (sized with the centre's coefficients).
+    centre = coefficients_from_shares(Shares(1 / 3, 1 / 3, 1 / 3), target=space.target)
+    check_fits(space, centre, parse_phis(settings.family_phis))
     dataset = load_dataset(settings.dataset)  # fail on bad data here, not in every worker
     progress = Progress("search", 0, quiet=settings.quiet)
     progress.show("planning", "measuring the realizable networks on the budget band")

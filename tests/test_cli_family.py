@@ -115,3 +115,17 @@ def test_help_is_fast_and_imports_nothing_heavy():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
     assert time.perf_counter() - start < 5  # generous: a cold interpreter on a loaded machine
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--out", "/"], "is a folder"),
+        (["--out", "/proc/no/such/file.json"], "cannot write --out"),
+        (["--phis", "0,40"], "needs about"),  # refused with the estimate, in seconds, not killed at 24 GB
+    ],
+)
+def test_unwritable_out_and_absurd_phi_are_one_line(capsys, argv, message):
+    status = main(["family", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--phis", "0", *argv])
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and err.count("\n") == 1

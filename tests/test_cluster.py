@@ -324,7 +324,7 @@ def test_builder_module_reaches_the_workers_of_a_joined_cluster(
     import ray
 
     from scalesearch.families import ModelSpec
-    from scalesearch.search import SearchSettings
+    from scalesearch.settings import SearchSettings
     from scalesearch.spaces import load_space, space_from_text
 
     monkeypatch.delenv(cluster.AUTH_MODE_ENV, raising=False)

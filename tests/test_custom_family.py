@@ -247,7 +247,7 @@ def test_builder_module_is_shipped_to_ray_workers(tmp_path: Path) -> None:
     come from the runtime env ray_session sets up (py_modules), as on another machine."""
     import ray
 
-    from scalesearch.search import SearchSettings
+    from scalesearch.settings import SearchSettings
 
     name = _unique("shipped_cnn")
     shutil.copy(ROOT / "examples" / "small_cnn.py", tmp_path / f"{name}.py")

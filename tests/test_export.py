@@ -100,3 +100,15 @@ def test_bad_input_one_line_exit_2(capsys, tmp_path, run_dir, argv, message):
     status = main(["export", *[a.format(run=run_dir, empty=tmp_path / "empty") for a in argv]])
     err = capsys.readouterr().err
     assert status == 2 and message in err and err.count("\n") == 1
+
+
+def test_python_module_runs_whatever_the_run_path_holds(capsys, tmp_path):
+    """A path with a backslash escape or triple quotes must not break the module's docstring."""
+    import shutil
+
+    odd = tmp_path / 'odd\\N{x}"""run'
+    shutil.copytree(Path(__file__).parent / "data" / "run_tiny", odd)
+    module = tmp_path / "rule.py"
+    module.write_text(export(capsys, odd, "python"))
+    result = subprocess.run([sys.executable, str(module)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -8,10 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from scalesearch import runs
 from scalesearch.cli import main
 from scalesearch.plots import front_rows, frontier_cost, pareto_front
-from scalesearch.search import Proposer, SearchSettings, objective_values
-from scalesearch.spaces import load_space
+from scalesearch.proposals import StudyProposer, sampler_kind
+from scalesearch.scaling import Shares
 
 TINY = str(Path(__file__).parent / "data" / "tiny_space.yaml")
 
@@ -20,56 +21,51 @@ def run(out: Path, *extra: str) -> None:
     assert main(["search", "--space", TINY, "--out", str(out), "--family-phis", "0-1", "--quiet", *extra]) == 0
 
 
-def check_front(out: Path, cost: str) -> tuple[pd.DataFrame, dict]:
-    """trials.csv's pareto column is pareto_front of the completed trials; best.json agrees."""
-    trials = pd.read_csv(out / "trials.csv")
-    completed = trials[(trials["status"] == "completed") & trials["final_val_accuracy"].notna()]
-    expected = set(pareto_front(completed, cost=cost)["trial"])
-    assert expected and set(trials.loc[trials["pareto"], "trial"]) == expected
-    assert set(front_rows(trials, cost)["trial"]) == expected
+def check_front(out: Path, cost: str) -> tuple[dict, dict]:
+    """trials.csv's pareto column is the front of the completed networks; best.json agrees."""
+    trials = runs.read_trials(out / "trials.csv")
+    marked = {n for n, r in trials.items() if r["pareto"]}
+    assert marked and marked == runs.pareto_trials(trials, cost)
+    completed = pd.DataFrame([r for r in trials.values() if r["status"] == "completed"])
+    assert set(pareto_front(completed.drop_duplicates("network"), cost=cost)["trial"]) == marked
+    assert set(front_rows(completed, cost)["trial"]) == marked
     best = json.loads((out / "best.json").read_text())
-    assert best["trial"] in expected
-    assert best["value"] == pytest.approx(completed["final_val_accuracy"].max())  # the most accurate point
+    assert best["trial"] in marked  # the most accurate network is on the front
+    assert best["value"] == pytest.approx(completed["final_val_accuracy"].max())
     return trials, best
 
 
 def test_multi_objective_tpe_on_latency_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    run(out, "--sampler", "tpe", "--trials", "3", "--seed", "1", "--objective", "accuracy,latency")
+    run(
+        out, "--sampler", "tpe", "--trials", "3", "--seed", "1", "--objective", "accuracy,latency", "--confirm-top", "0"
+    )
     assert "Pareto front (accuracy up, latency_batch1_s down)" in capsys.readouterr().out
     trials, best = check_front(out, "latency_batch1_s")
     assert best["objective"] == "accuracy,latency" and best["pareto_cost"] == "latency_batch1_s"
-    assert {p["trial"] for p in best["pareto_front"]} == set(trials.loc[trials["pareto"], "trial"])
+    assert {p["trial"] for p in best["pareto_front"]} == {n for n, r in trials.items() if r["pareto"]}
     assert all(p["latency_batch1_s"] > 0 for p in best["pareto_front"])
     assert frontier_cost([out]) == "latency_batch1_s" and (out / "frontier.png").stat().st_size > 5_000
     assert json.loads((out / "search.json").read_text())["fingerprint"]["objective"] == "accuracy,latency"
 
 
-def test_multi_objective_grid_evaluates_the_lattice_and_marks_the_front(tmp_path):
+def test_multi_objective_grid_trains_the_realizable_set_and_marks_the_front(tmp_path):
     out = tmp_path / "run"
-    run(out, "--objective", "accuracy,params")
+    run(out, "--objective", "accuracy,params", "--confirm-top", "0")
     with (out / "trials.csv").open() as handle:
-        assert [int(r["trial"]) for r in csv.DictReader(handle)] == [0, 1, 2]  # the lattice, as single-objective
+        assert [int(r["trial"]) for r in csv.DictReader(handle)] == [0, 1, 2]
     _, best = check_front(out, "params")
     assert best["pareto_cost"] == "params"
 
 
-def test_proposer_builds_a_two_direction_study_and_rebuilds_it_on_resume():
-    space = load_space(TINY)
-    settings = SearchSettings(space_path=TINY, dataset="digits", sampler="tpe", trials=4,
-                              objective="accuracy,latency")  # fmt: skip
-    done = {
-        0: {"alpha": 2.0, "beta": 1.0, "gamma": 1.0, "final_val_accuracy": "0.9", "latency_batch1_s": "0.002"},
-        1: {"alpha": 1.0, "beta": 1.0, "gamma": 2**0.5, "final_val_accuracy": "", "latency_batch1_s": ""},
-    }
-    proposer = Proposer(settings, space, done)
-    assert len(proposer.study.directions) == 2 and len(proposer.study.trials) == 2
-    assert [t.values for t in proposer.study.trials] == [[0.9, 0.002], None]
-    number, _ = proposer.next()
-    proposer.tell(number, [0.8, 0.001])
-    assert proposer.study.trials[-1].values == [0.8, 0.001]
-    assert objective_values({"final_val_accuracy": 0.5}, None) == [0.5]
-    assert objective_values({"final_val_accuracy": 0.5, "params": ""}, "params") is None
+def test_study_proposer_learns_two_objectives_from_realized_points():
+    proposer = StudyProposer(sampler_kind("tpe"), seed=0, trials=8, directions=2)
+    first = proposer.propose(0, 4)
+    assert first[2] == Shares(0.0, 0.0, 1.0)  # the first round measures the simplex's corners
+    proposer.tell(Shares(0.9, 0.1, 0.0), [0.9, 0.002])
+    proposer.tell(Shares(0.1, 0.1, 0.8), None)  # a failed network
+    assert proposer.propose(1, 2) == proposer.propose(1, 2)  # a round is a function of what was told
+    assert all(abs(s.total - 1) < 1e-9 for s in proposer.propose(1, 2))
 
 
 @pytest.fixture(autouse=True)

@@ -123,6 +123,15 @@ def test_tpe_search_records_a_failing_trial_and_goes_on(capsys, tmp_path, monkey
     assert [r["trial"] for r in failed] == [1] and "injected fault" in failed[0]["error"]
 
 
+def test_a_killed_worker_is_a_failed_trial_and_the_search_goes_on(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCALESEARCH_INJECT_FAULT", "exit:0")  # the worker process dies mid-trial
+    status, _, err = search(capsys, tmp_path / "run", "--confirm-top", "0")
+    assert status == 0, err
+    rows = read_rows(tmp_path / "run")
+    assert rows[0]["status"] == "failed" and "worker" in rows[0]["error"]
+    assert {rows[1]["status"], rows[2]["status"]} == {"completed"}
+
+
 def test_a_failed_write_stops_the_search_with_one_line(capsys, tmp_path, monkeypatch):
     calls = []
 
