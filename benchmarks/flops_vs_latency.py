@@ -5,12 +5,14 @@ between activations and latency, over four sets of variants:
 
 1. `efficientnet-family`: EfficientNet B0..B3 (the paper's coefficients, 224-300 px). FLOPs grow
    2x per step, so any sane latency ranks them alike: the control.
-2. `<space>-equal-flops`: the proxy of each space scaled by compound coefficients and by the depth-,
-   width- and resolution-only baselines at φ = 1 and 2, each planned exactly as a search plans its
-   trials (FLOPs corrected onto target^φ ± tolerance). FLOPs are equal by construction within a φ;
-   latency decides. Reported per φ, with the spread of latency (max / min) at equal FLOPs.
-3. `<space>-simplex`: random points on the compute-share simplex at φ = 1, FLOPs-corrected: the
-   variants a search trains.
+2. `<space>-equal-flops`: the proxy of each space for the compound coefficients' shares and for the
+   pure depth, width and resolution directions at φ = 1 and 2, each planned exactly as a search plans
+   its trials: the realizable network (FLOPs within target^φ ± tolerance of the proxy base) nearest
+   those shares (`planner`); `share_error` says how far it lies from them, and strategies that land on
+   the same network share one row (named "a=b"). FLOPs are equal by construction within a φ; latency
+   decides. Reported per φ, with the spread of latency (max / min) at equal FLOPs.
+3. `<space>-simplex`: the nearest realizable networks to random points on the compute-share simplex
+   at φ = 1: the networks a search trains.
 4. `run:<dir>`: the trials of finished search runs whose trials.csv has latency columns (measured
    in the trial's worker while another trial trained beside it: a noisier clock than the rest).
 
@@ -39,12 +41,12 @@ import pandas as pd
 import torch
 from scipy.stats import kendalltau
 
-from scalesearch.candidates import plan_candidate
 from scalesearch.cost import count_flops, count_params, measure_activations, measure_latency, measure_latency_ratio
+from scalesearch.planner import realizable_set, requested_shares, share_error
 from scalesearch.results import atomic_write_text
-from scalesearch.scaling import Coefficients, Shares, coefficients_from_shares
+from scalesearch.scaling import Coefficients, Shares
 from scalesearch.spaces import load_space
-from scalesearch.validate import BASELINES, baseline_coefficients
+from scalesearch.validate import BASELINES, baseline_shares
 
 WARMUP, REPEATS = 3, 15
 THROUGHPUT_BATCH = 8
@@ -80,28 +82,40 @@ def family_set() -> list[dict]:
 
 
 def proxy_sets(space_name: str, coefficients: Coefficients, simplex_points: int, seed: int) -> list[dict]:
-    """Compound and single-dimension variants at φ = 1, 2, and random simplex points at φ = 1."""
+    """The nearest realizable networks to compound's and the pure directions' shares at φ = 1, 2, and
+    to random simplex points at φ = 1."""
     space = load_space(space_name)
-    strategies = [("compound", coefficients)] + [(b, baseline_coefficients(b, space.target)) for b in BASELINES]
+    strategies = [("compound", requested_shares(coefficients, space.target))]
+    strategies += [(name, baseline_shares(name)) for name in BASELINES]
     rng = random.Random(seed)
     for index in range(simplex_points):
         cuts = sorted(rng.random() for _ in range(2))
-        shares = Shares(cuts[0], cuts[1] - cuts[0], 1.0 - cuts[1])
-        strategies.append((f"simplex-{index}", coefficients_from_shares(shares, target=space.target)))
-    rows = []
-    for name, chosen in strategies:
-        phis = (1.0,) if name.startswith("simplex") else (1.0, 2.0)
-        for phi in phis:
-            candidate = plan_candidate(space, chosen, phi=phi, num_classes=10, in_channels=1)
-            if not candidate.feasible:
+        strategies.append((f"simplex-{index}", Shares(cuts[0], cuts[1] - cuts[0], 1.0 - cuts[1])))
+    rows: list[dict] = []
+    for phi in (1.0, 2.0):
+        found = realizable_set(space, num_classes=10, in_channels=1, phi=phi)
+        if not found.networks:
+            print(f"  {space_name}: no realizable network at phi {phi:g}; skipped", file=sys.stderr)
+            continue
+        seen: dict[tuple[str, str], dict] = {}
+        for name, shares in strategies:
+            if name.startswith("simplex") and phi != 1.0:
                 continue
-            spec = candidate.spec
             kind = "simplex" if name.startswith("simplex") else "equal-flops"
-            rows.append({"set": f"{space_name}-{kind}", "name": name, "phi": phi,
-                         "alpha": chosen.alpha, "beta": chosen.beta, "gamma": chosen.gamma,
-                         "resolution": spec.resolution, "width_mult": round(spec.width_mult, 4),
-                         "depth_mult": round(spec.depth_mult, 4),
-                         **measure(space.proxy_family.build(spec), spec.resolution, 1)})  # fmt: skip
+            network = found.nearest(shares)
+            if (kind, network.key) in seen:  # one network measured once; its row names every strategy
+                seen[(kind, network.key)]["name"] += f"={name}"
+                continue
+            spec = network.spec
+            realized = network.shares
+            row = {"set": f"{space_name}-{kind}", "name": name, "phi": phi, "network": network.key,
+                   "share_depth": realized.depth, "share_width": realized.width,
+                   "share_resolution": realized.resolution, "share_error": share_error(shares, network),
+                   "resolution": spec.resolution, "width_mult": round(spec.width_mult, 4),
+                   "depth_mult": round(spec.depth_mult, 4),
+                   **measure(space.proxy_family.build(spec), spec.resolution, 1)}  # fmt: skip
+            seen[(kind, network.key)] = row
+            rows.append(row)
     return rows
 
 
@@ -113,7 +127,7 @@ def run_set(run_dir: str) -> list[dict]:
     trained = trials.dropna(subset=["latency_batch1_s"])
     return [
         {"set": f"run:{Path(run_dir).name}", "name": f"trial {int(r.trial)}", "phi": 1.0,
-         "alpha": r.alpha, "beta": r.beta, "gamma": r.gamma, "resolution": r.resolution,
+         "network": getattr(r, "network", None), "resolution": r.resolution,
          "width_mult": r.width_mult, "depth_mult": r.depth_mult, "flops": r.flops, "params": r.params,
          "activations": r.activations, "latency_batch1_s": r.latency_batch1_s,
          "latency_throughput_s": r.latency_throughput_s}
@@ -200,6 +214,7 @@ def main() -> int:
     parser.add_argument("--runs", nargs="*", default=[], help="search run folders whose trials to rank")
     parser.add_argument("--simplex-points", type=int, default=10)
     parser.add_argument("--skip-family", action="store_true", help="leave out EfficientNet B0..B3 (slowest part)")
+    parser.add_argument("--spaces", default="efficientnet_b0,vit_tiny", help="proxy spaces to measure")
     parser.add_argument("--replot", action="store_true", help="only redraw the plot from --out's variants.csv")
     args = parser.parse_args()
     if args.replot:
@@ -210,14 +225,15 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     rows = [] if args.skip_family else family_set()
-    for space_name, coefficients in (("efficientnet_b0", PAPER), ("vit_tiny", PAPER)):
-        rows += proxy_sets(space_name, coefficients, args.simplex_points, seed=0)
+    spaces = [name.strip() for name in args.spaces.split(",") if name.strip()]
+    for space_name in spaces:
+        rows += proxy_sets(space_name, PAPER, args.simplex_points, seed=0)
         print(f"  {space_name} proxies done", file=sys.stderr)
     for run_dir in args.runs:
         rows += run_set(run_dir)
     variants = pd.DataFrame(rows)
     taus = kendall(variants)
-    noises = pd.DataFrame([noise("efficientnet_b0"), noise("vit_tiny")])
+    noises = pd.DataFrame([noise(name) for name in spaces])
     atomic_write_text(out / "variants.csv", variants.to_csv(index=False, float_format="%.6g"))
     atomic_write_text(out / "kendall.csv", taus.to_csv(index=False))
     atomic_write_text(out / "noise.csv", noises.to_csv(index=False))

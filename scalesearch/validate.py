@@ -1,55 +1,70 @@
 """Check the paper's central claim on the user's own data: compound scaling beats scaling one dimension.
 
-For each φ, the proxy family is scaled with the run's chosen coefficients and with each single-dimension
-baseline that spends the same FLOPs budget (depth only: α = T; width only: β = √T; resolution only:
-γ = √T, with T the run's target, 2 by default), so every strategy aims at the same target^φ. Candidates
-are planned exactly as the search plans its trials (`plan_candidate`: measured with fvcore, resolution
-then width corrected onto the measured FLOPs target), infeasible ones are reported rather than trained,
-and the rest train with the run's dataset and recipe for several seeds in parallel on Ray.
+For each φ the run's chosen rule and each single-dimension baseline are planned exactly as the search
+plans its trials: the realizable network at φ (the run's constraint within target^φ ± tolerance of the
+proxy base, see `planner`) nearest the rule's shares on the simplex. The chosen rule asks for the
+chosen network's realized shares (best.json); the baselines ask for a pure dimension, (1, 0, 0)
+depth, (0, 1, 0) width, (0, 0, 1) resolution. At proxy scale a pure dimension is not always
+realizable (whole blocks, channel divisors, whole pixels): the baseline then trains the network
+nearest it, and validation.csv records its realized shares and share error, so a "depth" baseline
+that is really 80% depth is visible rather than hidden. φ = 0 is the proxy base for every strategy.
+Networks that several strategies share (the base, or a baseline whose nearest network is the
+chosen one) train once per seed. Everything trains with the run's dataset and recipe through the
+runner (`runner.run_jobs` on Ray), several seeds each.
 
-Analysis returns DataFrames (`summarize`, `verdict`); `run_validation` writes validation.csv and
-validation.png into the run folder.
+Analysis returns DataFrames (`summarize`, `verdict`); `run_validation` writes validation.csv as jobs
+finish (atomically: an interrupted validation leaves the finished rows) and validation.png at the end.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scalesearch.errors import UserError
-from scalesearch.scaling import Coefficients
+from scalesearch.scaling import Coefficients, Shares
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from scalesearch.families import ModelSpec
+    from scalesearch.planner import Network
+    from scalesearch.runner import Outcome
     from scalesearch.runs import Run
-    from scalesearch.search import SearchSettings
+    from scalesearch.settings import SearchSettings
+    from scalesearch.spaces import SearchSpace
 
 COMPOUND = "compound"
 BASELINES = ("depth", "width", "resolution")
+VALIDATION_CSV = "validation.csv"
+VALIDATION_PNG = "validation.png"
 VALIDATION_COLUMNS = [
-    "strategy", "phi", "seed", "alpha", "beta", "gamma", "depth_mult", "width_mult", "resolution", "corrected",
-    "params", "flops", "flops_ratio", "final_val_accuracy", "seconds", "status", "error",
+    "strategy", "phi", "seed", "network",
+    # What the strategy asked for, and how far the trained network lies from it (L∞ on the simplex).
+    "requested_share_depth", "requested_share_width", "requested_share_resolution", "share_error",
+    # What was trained (planner.Network.row): realized shares, multipliers and coefficients, and its cost.
+    "realized_share_depth", "realized_share_width", "realized_share_resolution",
+    "realized_depth", "realized_width", "realized_resolution", "alpha", "beta", "gamma",
+    "depth_mult", "width_mult", "resolution", "params", "flops", "flops_ratio", "constraint", "constraint_ratio",
+    "final_val_accuracy", "seconds", "status", "error",
 ]  # fmt: skip
 # Below this many seeds a standard deviation says little; the verdict says so.
 FEW_SEEDS = 5
+# A baseline trained this far (L∞ share distance) from its pure dimension is a mixed rule rather
+# than the single-dimension rule it is named after, and the verdict names it: at 0.25 it spends over
+# a quarter of its budget on other dimensions. Measured: the tiny test space's nearest-to-depth
+# network at φ = 1 is 0.20 off (depth comes in whole blocks), the shipped EfficientNet proxy's
+# nearest-to-resolution network at φ = 1 is 0.36 off (whole pixels after its strides).
+FAR_FROM_PURE = 0.25
 
 
-def baseline_coefficients(name: str, target: float) -> Coefficients:
-    """The single-dimension rule that multiplies FLOPs by `target` per φ step (d·w²·r² = target)."""
-    root = math.sqrt(target)
-    table = {
-        "depth": Coefficients(target, 1.0, 1.0),
-        "width": Coefficients(1.0, root, 1.0),
-        "resolution": Coefficients(1.0, 1.0, root),
-    }
+def baseline_shares(name: str) -> Shares:
+    """The pure direction a single-dimension baseline asks for on the shares simplex."""
+    table = {"depth": Shares(1.0, 0.0, 0.0), "width": Shares(0.0, 1.0, 0.0), "resolution": Shares(0.0, 0.0, 1.0)}
     if name not in table:
         raise UserError(f"unknown baseline {name!r} (choose from {', '.join(BASELINES)})")
     return table[name]
@@ -86,7 +101,7 @@ class ValidationOptions:
         if self.epochs is not None and self.epochs < 1:
             raise UserError(f"--epochs must be >= 1, got {self.epochs}")
         for name in self.baselines:
-            baseline_coefficients(name, 2.0)
+            baseline_shares(name)
 
 
 @dataclass(frozen=True)
@@ -95,172 +110,159 @@ class Planned:
 
     strategy: str
     phi: float
-    row: dict[str, Any]  # the candidate's columns (coefficients, multipliers, measured cost)
-    spec: ModelSpec | None  # what to train; None when infeasible
-    reason: str  # why infeasible, else ""
+    row: dict[str, Any]  # validation.csv's planning columns: requested and realized shares, share error, cost
+    spec: ModelSpec | None  # what to train; None when no network meets the budget at this φ
+    reason: str  # why nothing is trained, else ""
+
+    @property
+    def network(self) -> str:
+        """The trained network's key ("" when nothing is trained)."""
+        return str(self.row.get("network") or "")
 
 
-def search_settings(run: Run, options: ValidationOptions) -> SearchSettings:
-    """The run's SearchSettings (from search.json) with this validation's overrides applied."""
-    from scalesearch.search import SearchSettings
+def run_settings(run: Run, **changes: Any) -> SearchSettings:
+    """The run's SearchSettings from search.json, its space resolved on this machine, `changes` applied.
+
+    The recorded space path is absolute on the machine that searched; elsewhere the shipped space of
+    that name is used (`runs.run_space`). UserError when search.json is missing or unreadable.
+    """
+    from scalesearch.runs import SEARCH, run_space
+    from scalesearch.settings import SearchSettings
 
     if not run.settings:
-        raise UserError(f"{run.path / 'search.json'} is missing or has no settings; cannot retrain this run")
+        raise UserError(f"{run.path / SEARCH} is missing or has no settings; cannot retrain this run")
     known = {f.name for f in fields(SearchSettings)}
     try:
         settings = SearchSettings(**{k: v for k, v in run.settings.items() if k in known})
     except TypeError as error:
-        raise UserError(f"{run.path / 'search.json'}: unreadable settings ({error})") from None
-    from scalesearch.runs import run_space
-
-    # The recorded path is absolute on the machine that searched; elsewhere, the shipped space of that name.
-    changes: dict[str, Any] = {"quiet": options.quiet, "verbose": False, "space_path": run_space(run).path}
-    for name in ("epochs", "concurrency", "cpus_per_trial", "address"):
-        value = getattr(options, name)
-        if value is not None:
-            changes[name] = value
-    settings = replace(settings, **changes)
+        raise UserError(f"{run.path / SEARCH}: unreadable settings ({error})") from None
+    settings = replace(settings, space_path=run_space(run).path, verbose=False, **changes)
     settings.validate()
     return settings
 
 
+def search_settings(run: Run, options: ValidationOptions) -> SearchSettings:
+    """The run's SearchSettings (from search.json) with this validation's overrides applied."""
+    changes: dict[str, Any] = {"quiet": options.quiet}
+    for name in ("epochs", "concurrency", "cpus_per_trial", "address"):
+        value = getattr(options, name)
+        if value is not None:
+            changes[name] = value
+    return run_settings(run, **changes)
+
+
+def chosen_shares(run: Run) -> Shares:
+    """The shares the run's chosen rule asks for: best.json's realized shares (older runs: the shares
+    of its coefficients)."""
+    from scalesearch.planner import requested_shares
+
+    shares = run.best.get("shares")
+    if isinstance(shares, dict) and all(
+        isinstance(shares.get(k), int | float) for k in ("depth", "width", "resolution")
+    ):
+        return Shares(float(shares["depth"]), float(shares["width"]), float(shares["resolution"]))
+    coefficients = Coefficients(float(run.best["alpha"]), float(run.best["beta"]), float(run.best["gamma"]))
+    return requested_shares(coefficients, float(run.best.get("target", 2.0)))
+
+
 def plan_validation(
-    space: Any,
-    coefficients: Coefficients,
+    space: SearchSpace,
+    shares: Shares,
     *,
     phis: Sequence[float],
     baselines: Sequence[str],
     num_classes: int,
     in_channels: int,
+    constraint: str = "flops",
 ) -> list[Planned]:
-    """Plan compound and every baseline at every φ with the search's candidate planner.
+    """Plan the chosen rule (`shares`) and every baseline at every φ as the search plans a trial: the
+    realizable network at φ on `constraint` nearest the strategy's shares (planner.plan, with the set
+    measured once per φ). φ = 0 is the proxy base for every strategy.
 
-    Returns one Planned per (strategy, φ), compound first. All aim at the same measured FLOPs target
-    (target^φ times the proxy base), so accuracy differences are not budget differences.
+    Returns one Planned per (strategy, φ), compound first. All aim at the same measured budget
+    (target^φ times the proxy base's `constraint`), so accuracy differences are not budget differences.
     """
-    from scalesearch.candidates import plan_candidate
+    from scalesearch.planner import realizable_set, share_error
 
-    strategies = [(COMPOUND, coefficients)] + [(name, baseline_coefficients(name, space.target)) for name in baselines]
+    strategies = [(COMPOUND, shares)] + [(name, baseline_shares(name)) for name in baselines]
     planned = []
     for phi in phis:
-        for strategy, chosen in strategies:
-            candidate = plan_candidate(space, chosen, num_classes=num_classes, in_channels=in_channels, phi=phi)
-            row = {key: value for key, value in candidate.row(space.target).items() if key in VALIDATION_COLUMNS}
-            planned.append(
-                Planned(
-                    strategy=strategy,
-                    phi=phi,
-                    row=row,
-                    spec=candidate.spec if candidate.feasible else None,
-                    reason=candidate.reason,
+        if phi == 0:
+            base = base_network(space, num_classes=num_classes, in_channels=in_channels, constraint=constraint)
+            for strategy, requested in strategies:
+                planned.append(Planned(strategy, phi, {**_requested(requested), **base_row(base)}, base.spec, ""))
+            continue
+        found = realizable_set(space, num_classes=num_classes, in_channels=in_channels, phi=phi, constraint=constraint)
+        for strategy, requested in strategies:
+            if not found.networks:
+                reason = (
+                    f"no network of {space.name}'s proxy meets {space.target:g}^{phi:g} ± {space.tolerance:.0%} "
+                    f"of the base's {constraint}"
                 )
-            )
+                planned.append(
+                    Planned(strategy, phi, {**_requested(requested), "constraint": constraint}, None, reason)
+                )
+                continue
+            network = found.nearest(requested)
+            row = {**_requested(requested), "share_error": share_error(requested, network), **network.row(space.target)}
+            planned.append(Planned(strategy, phi, row, network.spec, ""))
     return planned
 
 
-def train_job(
-    space_path: str, dataset: str, recipe: Mapping[str, Any], spec: ModelSpec, seed: int, threads: int, device: str
-) -> dict[str, Any]:
-    """(Ray worker) Train one proxy; returns status, final accuracy, seconds and the error, never raises.
+def _requested(shares: Shares) -> dict[str, float]:
+    return {
+        "requested_share_depth": shares.depth,
+        "requested_share_width": shares.width,
+        "requested_share_resolution": shares.resolution,
+    }
 
-    A failure of one job (divergence, out of memory) is a row in validation.csv, not a lost validation.
+
+def base_network(space: SearchSpace, *, num_classes: int, in_channels: int, constraint: str = "flops") -> Network:
+    """The proxy base (φ = 0, where every rule is the base) as a Network: every multiplier 1, measured.
+
+    The realizable set leaves the base out (it has no direction on the simplex), so its `shares`
+    raise ValueError; `base_row` gives its validation.csv columns.
     """
-    from scalesearch.data import load_dataset
-    from scalesearch.recipe import Recipe
-    from scalesearch.spaces import load_space
-    from scalesearch.train import train_model
+    from scalesearch.planner import Network, measurer_for, proxy_base
 
-    start = time.monotonic()
-    try:
-        family = load_space(space_path).proxy_family
-        result = train_model(
-            lambda: family.build(spec),
-            load_dataset(dataset),
-            Recipe.from_mapping(recipe),
-            resolution=spec.resolution,
-            seed=seed,
-            threads=threads,
-            device=device,
-        )
-    except Exception as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        return {"status": "failed", "final_val_accuracy": None, "seconds": round(time.monotonic() - start, 2),
-                "error": reason[:300]}  # fmt: skip
-    return {"status": "completed", "final_val_accuracy": result.final_val_accuracy,
-            "seconds": round(result.seconds, 2), "error": ""}  # fmt: skip
+    spec = proxy_base(space, num_classes=num_classes, in_channels=in_channels)
+    params, flops = measurer_for(space.proxy_family, in_channels).measured(spec)
+    return Network(
+        spec=spec,
+        params=params,
+        flops=flops,
+        ratio=1.0,
+        constraint=constraint,
+        depth=1.0,
+        width=1.0,
+        resolution=1.0,
+        flops_ratio=1.0,
+    )
 
 
-class _Progress:
-    """One compact line on stderr: jobs done of total, the last result, elapsed time."""
-
-    def __init__(self, total: int, quiet: bool) -> None:
-        self.total = total
-        self.done = 0
-        self.start = time.monotonic()
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-
-    def show(self, event: str) -> None:
-        if self.quiet:
-            return
-        text = f"validate: [{self.done}/{self.total}] {event} · {time.monotonic() - self.start:.0f}s elapsed"
-        sys.stderr.write(("\r\033[K" + text) if self.tty else text + "\n")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.tty and not self.quiet:
-            sys.stderr.write("\n")
-
-
-def train_planned(
-    planned: Sequence[Planned], settings: SearchSettings, seeds: Sequence[int], progress: _Progress
-) -> dict[tuple[ModelSpec, int], dict[str, Any]]:
-    """Train every distinct (spec, seed) on Ray, at most `settings.concurrency` at once.
-
-    At φ = 0 every strategy is the same base model, so jobs are keyed by what is trained, not by
-    strategy: each distinct model trains once per seed. Returns train_job's result per key.
-    """
-    import ray
-
-    from scalesearch.cluster import ray_session
-
-    jobs = list(dict.fromkeys((p.spec, seed) for p in planned if p.spec is not None for seed in seeds))
-    labels: dict[ModelSpec, list[str]] = {}
-    for item in planned:
-        if item.spec is not None:
-            labels.setdefault(item.spec, []).append(f"{item.strategy} φ={item.phi:g}")
-    progress.total = len(jobs)
-    results: dict[tuple[ModelSpec, int], dict[str, Any]] = {}
-    if not jobs:
-        return results
-    device = "cuda" if settings.gpus_per_trial > 0 else "cpu"
-    threads = max(1, int(settings.cpus_per_trial))
-    recipe = settings.training_recipe().to_dict()
-    with ray_session(settings):
-        task = ray.remote(num_cpus=settings.cpus_per_trial, num_gpus=settings.gpus_per_trial)(train_job)
-        waiting = list(jobs)
-        running: dict[Any, tuple[ModelSpec, int]] = {}
-        progress.show("starting")
-        while waiting or running:
-            while waiting and len(running) < settings.concurrency:
-                spec, seed = waiting.pop(0)
-                ref = task.remote(settings.space_path, settings.dataset, recipe, spec, seed, threads, device)
-                running[ref] = (spec, seed)
-            ready, _ = ray.wait(list(running), num_returns=1)
-            key = running.pop(ready[0])
-            results[key] = ray.get(ready[0])
-            progress.done += 1
-            outcome = results[key]
-            accuracy = outcome["final_val_accuracy"]
-            shown = f"{accuracy:.4f}" if accuracy is not None else outcome["status"]
-            progress.show(f"{' = '.join(labels[key[0]])} seed {key[1]}: {shown}")
-    return results
+def base_row(base: Network) -> dict[str, Any]:
+    """The proxy base's validation.csv columns: no shares, no coefficients, no share error."""
+    return {
+        "network": base.key,
+        "realized_depth": base.depth,
+        "realized_width": base.width,
+        "realized_resolution": base.resolution,
+        "depth_mult": base.spec.depth_mult,
+        "width_mult": base.spec.width_mult,
+        "resolution": base.spec.resolution,
+        "params": base.params,
+        "flops": base.flops,
+        "flops_ratio": base.flops_ratio,
+        "constraint": base.constraint,
+        "constraint_ratio": base.ratio,
+    }
 
 
 def validation_rows(
-    planned: Sequence[Planned], seeds: Sequence[int], results: Mapping[tuple[ModelSpec, int], Mapping[str, Any]]
+    planned: Sequence[Planned], seeds: Sequence[int], results: Mapping[tuple[str, int], Outcome]
 ) -> pd.DataFrame:
-    """validation.csv's rows: one per (strategy, φ, seed); infeasible ones carry the reason and no accuracy."""
+    """validation.csv's rows: one per (strategy, φ, seed) that finished or cannot train; a network
+    not trained yet has no row. `results` is keyed by (network key, seed)."""
     import pandas as pd
 
     rows = []
@@ -269,24 +271,42 @@ def validation_rows(
             row: dict[str, Any] = {"strategy": item.strategy, "phi": item.phi, "seed": seed, **item.row}
             if item.spec is None:
                 row.update(status="infeasible", final_val_accuracy=None, seconds=0.0, error=item.reason)
+            elif (item.network, seed) in results:
+                outcome = results[(item.network, seed)]
+                completed = outcome.status == "completed" and bool(outcome.accuracies)
+                row.update(
+                    status=outcome.status,
+                    final_val_accuracy=outcome.accuracies[-1] if completed else None,
+                    seconds=round(outcome.seconds, 2),
+                    error=outcome.error,
+                )
             else:
-                row.update(results[(item.spec, seed)])
+                continue
             rows.append(row)
     return pd.DataFrame(rows, columns=VALIDATION_COLUMNS)
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (strategy, φ): seeds trained, mean / std / min / max accuracy and the measured FLOPs.
+    """Per (strategy, φ): seeds trained, mean / std / min / max accuracy, the measured cost, the
+    network trained and its share error.
 
     std is the sample standard deviation over seeds (NaN with one seed). Strategies that were
-    infeasible at a φ keep a row with n = 0 and status "infeasible", so tables can say so.
+    infeasible at a φ keep a row with n = 0 and status "infeasible", so tables can say so. Files of
+    older validations, without the network and share columns, read as NaN there.
     """
     import pandas as pd
+
+    def mean_of(group: pd.DataFrame, column: str) -> float:
+        if column not in group:
+            return math.nan
+        values = pd.to_numeric(group[column], errors="coerce").dropna()
+        return float(values.mean()) if len(values) else math.nan
 
     out = []
     for (strategy, phi), group in rows.groupby(["strategy", "phi"], sort=False):
         trained = group[group["status"] == "completed"]
         accuracy = pd.to_numeric(trained["final_val_accuracy"])
+        networks = group["network"].dropna().astype(str) if "network" in group else pd.Series([], dtype=str)
         out.append(
             {
                 "strategy": strategy,
@@ -296,8 +316,11 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
                 "std": float(accuracy.std(ddof=1)) if len(trained) > 1 else math.nan,
                 "min": float(accuracy.min()) if len(trained) else math.nan,
                 "max": float(accuracy.max()) if len(trained) else math.nan,
-                "flops": float(pd.to_numeric(group["flops"]).mean()),
-                "flops_ratio": float(pd.to_numeric(group["flops_ratio"]).mean()),
+                "flops": mean_of(group, "flops"),
+                "flops_ratio": mean_of(group, "flops_ratio"),
+                "constraint_ratio": mean_of(group, "constraint_ratio"),
+                "network": networks.iloc[0] if len(networks) else "",
+                "share_error": mean_of(group, "share_error"),
                 "status": "infeasible" if (group["status"] == "infeasible").all() else
                           ("completed" if len(trained) else "failed"),
             }
@@ -310,7 +333,9 @@ def verdict(summary: pd.DataFrame) -> pd.DataFrame:
 
     The spread is √(s_c² + s_b²), with s the standard deviation over seeds of compound and of that
     baseline: how much one seed of each differs by chance. The difference "exceeds" the spread only
-    when |difference| > spread; with one seed there is no spread and no call is made.
+    when |difference| > spread; with one seed there is no spread and no call is made. The call also
+    names a best baseline that trained compound's own network, and every baseline trained farther
+    than FAR_FROM_PURE from its pure dimension: those compare less than their names say.
     """
     import pandas as pd
 
@@ -325,19 +350,32 @@ def verdict(summary: pd.DataFrame) -> pd.DataFrame:
             row["call"] = "nothing to compare" + (f" (infeasible: {', '.join(infeasible)})" if infeasible else "")
             rows.append(row)
             continue
-        best = baselines.sort_values("mean", ascending=False).iloc[0]
+        best = baselines.sort_values("mean", ascending=False, kind="stable").iloc[0]
         c_mean, c_std = float(compound["mean"].iloc[0]), float(compound["std"].iloc[0])
         spread = math.sqrt(c_std**2 + float(best["std"]) ** 2)
         difference = c_mean - float(best["mean"])
         exceeds = bool(math.isfinite(spread) and abs(difference) > spread)
+        same_network = bool(best.get("network")) and best.get("network") == compound["network"].iloc[0]
         if phi == 0:
             call = "phi 0 is the base model for every strategy"
+        elif same_network:
+            call = (
+                f"{best['strategy']} trained compound's own network (no purer {best['strategy']} network on the budget)"
+            )
         elif not math.isfinite(spread):
             call = "one seed: no spread, no call"
         elif exceeds:
             call = "compound better" if difference > 0 else f"{best['strategy']} better"
         else:
             call = "within seed noise"
+        if phi != 0:
+            far = [
+                f"{b['strategy']} {float(b['share_error']):.2f}"
+                for b in group[group["strategy"] != COMPOUND].to_dict("records")
+                if math.isfinite(float(b.get("share_error", math.nan))) and float(b["share_error"]) > FAR_FROM_PURE
+            ]
+            if far:
+                call += f"; far from a pure dimension (share error): {', '.join(far)}"
         if infeasible:
             call += f"; infeasible: {', '.join(infeasible)}"
         row.update(compound=c_mean, best_baseline=str(best["strategy"]), baseline=float(best["mean"]),
@@ -387,45 +425,88 @@ def load_validation(run_dir: str | Path) -> pd.DataFrame:
     """RUN_DIR/validation.csv as a DataFrame; UserError if validate has not run there."""
     import pandas as pd
 
-    path = Path(run_dir) / "validation.csv"
+    path = Path(run_dir) / VALIDATION_CSV
     if not path.is_file():
         raise UserError(f"{path} not found: run `scalesearch validate {run_dir}` first")
     return pd.read_csv(path)
 
 
+def write_validation(path: Path, rows: pd.DataFrame) -> None:
+    """validation.csv, atomically and at full precision (floats as repr)."""
+    from scalesearch.runs import write_text
+
+    buffer = io.StringIO()
+    rows.to_csv(buffer, index=False, lineterminator="\n")
+    write_text(path, buffer.getvalue())
+
+
 def run_validation(run: Run, options: ValidationOptions) -> pd.DataFrame:
     """Plan, train and record the validation of a finished run; returns validation.csv's rows.
 
-    Writes RUN_DIR/validation.csv (atomically) and RUN_DIR/validation.png.
+    Writes RUN_DIR/validation.csv (atomically) as each job finishes, and RUN_DIR/validation.png at the
+    end. Raises KeyboardInterrupt on Ctrl-C, with the finished rows already in validation.csv (and a
+    validation.png of an earlier validation removed, since it no longer matches).
     """
+    import time
+
+    from scalesearch.cluster import ray_session
     from scalesearch.data import load_dataset
     from scalesearch.plots import plot_validation
-    from scalesearch.results import atomic_write_text
+    from scalesearch.runner import Progress, jobs_for, run_jobs
     from scalesearch.spaces import load_space
 
     options.validate()
     settings = search_settings(run, options)
     space = load_space(settings.space_path)
     dataset = load_dataset(settings.dataset)
-    coefficients = Coefficients(float(run.best["alpha"]), float(run.best["beta"]), float(run.best["gamma"]))
     seeds = [settings.seed + i for i in range(options.seeds)]
-    progress = _Progress(0, options.quiet)
-    progress.show("planning candidates (measuring FLOPs)")
+    progress = Progress("validate", 0, quiet=options.quiet)
+    progress.show("planning", f"measuring the realizable networks on the {settings.constraint} budget")
     planned = plan_validation(
         space,
-        coefficients,
+        chosen_shares(run),
         phis=options.phis,
         baselines=options.baselines,
         num_classes=dataset.num_classes,
         in_channels=dataset.in_channels,
+        constraint=settings.constraint,
     )
-    results = train_planned(planned, settings, seeds, progress)
-    progress.close()
+    # Jobs are keyed by what is trained, not by strategy: each distinct network trains once per seed.
+    specs: dict[str, ModelSpec] = {}
+    labels: dict[str, list[str]] = {}
+    for item in planned:
+        if item.spec is not None:
+            specs.setdefault(item.network, item.spec)
+            labels.setdefault(item.network, []).append(f"{item.strategy} φ={item.phi:g}")
+    keys = [(network, seed) for network in specs for seed in seeds]
+    jobs = [
+        replace(job, measure_costs=False)  # costs are the search's business, not the comparison's
+        for job in jobs_for(settings, [(specs[n], seed, " = ".join(labels[n])) for n, seed in keys])
+    ]
+    results: dict[tuple[str, int], Outcome] = {}
+    out = run.path / VALIDATION_CSV
+
+    def save(index: int, outcome: Outcome) -> None:
+        results[keys[index]] = outcome
+        write_validation(out, validation_rows(planned, seeds, results))
+
+    write_validation(out, validation_rows(planned, seeds, results))
+    (run.path / VALIDATION_PNG).unlink(missing_ok=True)
+    progress.total, progress.start = len(jobs), time.monotonic()
+    try:
+        if jobs:
+            with ray_session(settings, space=space):
+                progress.show("start", f"{len(specs)} network(s) x {len(seeds)} seed(s)")
+                run_jobs(
+                    jobs,
+                    concurrency=settings.concurrency,
+                    cpus=settings.cpus_per_trial,
+                    gpus=settings.gpus_per_trial,
+                    progress=progress,
+                    on_done=save,
+                )
+    finally:
+        progress.close()
     rows = validation_rows(planned, seeds, results)
-    buffer = io.StringIO()
-    rows.to_csv(buffer, index=False, lineterminator="\n")
-    atomic_write_text(run.path / "validation.csv", buffer.getvalue())
-    plot_validation(
-        summarize(rows), run.path / "validation.png", title=f"Compound vs single-dimension: {run.path.name}"
-    )
+    plot_validation(summarize(rows), run.path / VALIDATION_PNG, title=f"Compound vs single-dimension: {run.path.name}")
     return rows

@@ -1,9 +1,10 @@
-"""`scalesearch validate`: does compound scaling beat single-dimension scaling at equal FLOPs, on this run's data?"""
+"""`scalesearch validate`: does compound scaling beat single-dimension scaling at equal cost, on this run's data?"""
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 from scalesearch.errors import UserError
 
@@ -11,12 +12,14 @@ from scalesearch.errors import UserError
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "validate",
-        help="train compound vs single-dimension scaling at equal FLOPs on the run's data",
-        description="Scale the run's proxy with the chosen coefficients and with each single-dimension "
-        "baseline (depth only alpha = 2^phi, width only beta = 2^(phi/2), resolution only gamma = "
-        "2^(phi/2)) to the same measured FLOPs target at each phi; train each for several seeds on "
-        "the run's dataset and recipe in parallel on Ray. Writes RUN_DIR/validation.csv and "
-        "validation.png and prints a verdict per phi.",
+        help="train compound vs single-dimension scaling at equal cost on the run's data",
+        description="At each phi, train the realizable proxy network (the run's constraint within "
+        "target^phi +- tolerance of the proxy base, as the search plans a trial) nearest the chosen "
+        "network's realized shares, and the ones nearest pure depth, pure width and pure resolution "
+        "(validation.csv records each network's realized shares and its share error: how far from a "
+        "pure dimension it really is); phi 0 is the proxy base. Each trains for several seeds on the "
+        "run's dataset and recipe in parallel on Ray. Writes RUN_DIR/validation.csv (as jobs finish: "
+        "Ctrl-C keeps the finished rows) and validation.png, and prints a verdict per phi.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished search run folder")
     parser.add_argument("--phis", default="0,1,2", help="phi values: a list '0,1,2' (default) or a range '0-3'")
@@ -58,15 +61,32 @@ def run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     run_folder = read_run(args.run_dir)
-    rows = run_validation(run_folder, options)
+    try:
+        rows = run_validation(run_folder, options)
+    except KeyboardInterrupt:
+        print(
+            f"scalesearch validate: interrupted; the finished jobs are in {run_folder.path / 'validation.csv'} "
+            "(run validate again for the whole comparison)",
+            file=sys.stderr,
+        )
+        return 130
     summary = summarize(rows)
+
+    def decimals(value: float, places: int = 4) -> str:
+        return "" if math.isnan(value) else f"{value:.{places}f}"
+
     table = summary.assign(
-        mean=summary["mean"].map(lambda v: "" if math.isnan(v) else f"{v:.4f}"),
-        std=summary["std"].map(lambda v: "" if math.isnan(v) else f"{v:.4f}"),
-        mflops=(summary["flops"] / 1e6).map(lambda v: f"{v:.3f}"),
+        mean=summary["mean"].map(decimals),
+        std=summary["std"].map(decimals),
+        mflops=(summary["flops"] / 1e6).map(lambda v: decimals(v, 3)),
+        ratio=summary["constraint_ratio"].map(lambda v: decimals(v, 3)),
+        share_error=summary["share_error"].map(lambda v: decimals(v, 2)),
     )
-    print(text_table(table.to_dict("records"), ["phi", "strategy", "n", "mean", "std", "mflops", "flops_ratio",
-                                                "status"]))  # fmt: skip
+    columns = ["phi", "strategy", "network", "share_error", "n", "mean", "std", "mflops", "ratio", "status"]
+    print(text_table(table.to_dict("records"), columns))
+    constraint = str(rows["constraint"].dropna().iloc[0]) if rows["constraint"].notna().any() else "flops"
+    print(f"ratio: measured {constraint} over the proxy base's; share_error: L-inf distance of the network's "
+          "realized shares from the strategy's")  # fmt: skip
     print()
     print(text_table(verdict_records(verdict(summary)), VERDICT_COLUMNS))
     print(f"\n{verdict_note(rows)}")
