@@ -26,12 +26,14 @@ fine lattice), the regret (noise-free value at the optimum minus at the pick), a
 of distinct points trained. A reference row `all` scores every lattice point once and picks the
 best observation: the noise floor of one evaluation per point.
 
-    .venv/bin/python benchmarks/bench_samplers.py                 # about 2-3 minutes on one core
-    .venv/bin/python benchmarks/bench_samplers.py --seeds 20 --trials 8,16,32 --gp-trials 8,16,32 --noise 0.005
+    .venv/bin/python benchmarks/bench_samplers.py               # 10 seeds: about 2.5 minutes on one busy core
+    .venv/bin/python benchmarks/bench_samplers.py --seeds 30    # the README's figures: about 6 minutes
+    .venv/bin/python benchmarks/bench_samplers.py --noise 0 --samplers tpe,gp --trials 8,16 --gp-trials 8
 
-Deterministic given its options (proposer seed = run seed; noise stream seeded by run seed and optimum).
-Optuna's GP sampler refits a Gaussian process every round (seconds per round on one core), so it runs
-only N in `--gp-trials` (default 8,16).
+Deterministic given its options and the proposer's code (proposer seed = run seed; the noise stream is
+seeded by run seed and optimum, the same for every sampler); the last line names the commit. Optuna's
+GP sampler refits a Gaussian process every round, about 1-2 s per search of 16-32 trials on one core,
+most of the run's time: `--gp-trials` limits its budgets (default: those of `--trials`).
 """
 
 from __future__ import annotations
@@ -42,10 +44,12 @@ import math
 import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # single-threaded: GPSampler fits with torch
 os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -172,6 +176,22 @@ def quantile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def source_version() -> str:
+    """The commit of this checkout, and whether the proposer's code differs from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "scalesearch/proposals.py", "scalesearch/scaling.py"],
+            cwd=root, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "(not a git checkout)"
+    return f"{commit} (proposals.py or scaling.py modified)" if changed else commit
+
+
 def standard_error(values: Sequence[float]) -> float:
     return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
 
@@ -279,7 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             + f" | {time.perf_counter() - start:7.1f}",
             flush=True,
         )
-    print(f"\ntotal {time.perf_counter() - total_start:.0f} s; python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    print(
+        f"\ntotal {time.perf_counter() - total_start:.0f} s; python {sys.version.split()[0]}, optuna "
+        f"{optuna.__version__}, {os.cpu_count()} CPUs; scalesearch {source_version()}"
+    )
     return 0
 
 

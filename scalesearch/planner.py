@@ -475,7 +475,8 @@ def _cache_path(space: SearchSpace, num_classes: int, in_channels: int, phi: flo
     except OSError:
         return None
     key = hashlib.sha256(
-        content + f"|{num_classes}|{in_channels}|{phi:g}|{constraint}|v{PLANNER_VERSION}".encode()
+        content
+        + f"|{num_classes}|{in_channels}|{phi:g}|{constraint}|{space.target}|{space.tolerance}|v{PLANNER_VERSION}".encode()
     ).hexdigest()[:24]
     return os.path.join(default_cache_dir(), "realizable", f"{space.name}-{key}.json")
 

@@ -22,7 +22,7 @@ def test_json_output_matches_the_schema(capsys):
     status, out, _ = run_cli(capsys, "family", *PAPER, "--phis", "0,1,2.5", "--num-classes", "10", "--format", "json")
     assert status == 0
     family = json.loads(out)
-    assert family["rule"] == "compound"
+    assert family["rule"] == "compound, calibrated"
     assert family["coefficients"]["alpha"] == 1.2
     assert family["coefficients"]["product"] == pytest.approx(1.92, abs=1e-3)
     assert "multiply-add" in family["flops_convention"]
@@ -45,8 +45,18 @@ def test_json_output_matches_the_schema(capsys):
     b0, b1, b25 = family["variants"]
     assert b0["flops_ratio"] == 1.0 and b0["theoretical_ratio"] == 1.0
     assert b0["flops"] < b1["flops"] < b25["flops"]
-    assert b1["resolution"] == 256 and b1["depth_mult"] == pytest.approx(1.2)
+    assert b1["rule"] == {"depth_mult": 1.2, "width_mult": 1.1, "resolution": 256}  # the pure rule, recorded
+    assert abs(b1["flops_ratio"] / 2 - 1) <= 0.05 and b1["target_ratio"] == 2  # calibrated onto its budget
     assert b1["theoretical_ratio"] == pytest.approx(1.92, abs=1e-3)
+
+
+def test_pure_rule_is_the_formula_as_written(capsys):
+    status, out, _ = run_cli(capsys, "family", *PAPER, "--phis", "0,1", "--pure-rule", "--format", "json")
+    family = json.loads(out)
+    assert status == 0 and family["rule"] == "compound"
+    b1 = family["variants"][1]
+    assert b1["resolution"] == 256 and b1["depth_mult"] == pytest.approx(1.2) and not b1["calibrated"]
+    assert b1["flops_ratio"] > 2.1  # rounding repeats up and pixels to 4 overshoots 2x (the paper's footnote)
 
 
 def test_reference_json_has_null_coefficients_and_published_counts(capsys):
@@ -71,7 +81,7 @@ def test_from_run_dir_reads_best_json(capsys, tmp_path):
     )
     status, out, _ = run_cli(capsys, "family", "--from", str(tmp_path), "--phis", "1", "--format", "json")
     assert status == 0
-    assert json.loads(out)["variants"][0]["depth_mult"] == pytest.approx(1.4)
+    assert json.loads(out)["variants"][0]["rule"]["depth_mult"] == pytest.approx(1.4)
 
 
 @pytest.mark.parametrize(

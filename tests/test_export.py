@@ -33,7 +33,7 @@ def test_json_holds_the_rule_and_family(capsys, run_dir):
     data = json.loads(export(capsys, run_dir, "json"))
     best = json.loads((run_dir / "best.json").read_text())
     family = json.loads((run_dir / "family.json").read_text())
-    assert data["rule"] == "compound" and "alpha^phi" in data["rule_description"]
+    assert data["rule"] == "compound, calibrated" and "alpha^phi" in data["rule_description"]
     c = data["coefficients"]
     assert (c["alpha"], c["beta"], c["gamma"]) == (best["alpha"], best["beta"], best["gamma"])
     assert data["source"]["trial"] == best["trial"] and data["source"]["dataset"] == "digits"
@@ -69,7 +69,11 @@ def test_python_module_runs_without_scalesearch_and_reproduces_family_json(run_d
     family = json.loads((run_dir / "family.json").read_text())
     for got, expected in zip((b0, b1), family["variants"]):
         assert {k: got[k] for k in MULTIPLIER_KEYS} == {k: expected[k] for k in MULTIPLIER_KEYS}
-    assert b25["name"] == "B2.5" and b25["resolution"] > b1["resolution"] and b25["dropout"] == 0.3
+    # A φ the run did not measure: the pure compound formula.
+    c = family["coefficients"]
+    assert b25["name"] == "B2.5" and b25["dropout"] == 0.3
+    assert b25["width_mult"] == pytest.approx(c["beta"] ** 2.5, abs=1e-6)
+    assert b25["depth_mult"] == pytest.approx(c["alpha"] ** 2.5, abs=1e-6)
 
 
 @pytest.mark.parametrize(("fmt", "width_key", "depth_key"), [("timm", "channel_multiplier", "depth_multiplier"),
