@@ -32,7 +32,7 @@ best observation: the noise floor of one evaluation per point.
 
 Deterministic given its options and the proposer's code (proposer seed = run seed; the noise stream is
 seeded by run seed and optimum, the same for every sampler); the last line names the commit. Optuna's
-GP sampler refits a Gaussian process every round, about 1-2 s per search of 16-32 trials on one core,
+GP sampler refits a Gaussian process every round, about 0.5-2.3 s per search of 8-32 trials on one core,
 most of the run's time: `--gp-trials` limits its budgets (default: those of `--trials`).
 """
 

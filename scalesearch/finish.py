@@ -32,8 +32,6 @@ def best_result(
     row = rows[chosen.trials[0]]
     shares = Shares(*chosen.shares)
     coefficients = coefficients_from_shares(shares, target=space.target)
-    errors = [float(r["share_error"]) for r in rows.values() if r.get("share_error") is not None]
-    search_rows = [r for r in rows.values() if r.get("stage") == "search"]
     result: dict[str, Any] = {
         "alpha": coefficients.alpha,
         "beta": coefficients.beta,
@@ -57,14 +55,7 @@ def best_result(
         "trials_of_network": list(chosen.trials),
         "verdict": confirm.verdict_line(decision),
         "confirm": confirm.summary(decision),
-        "search": {
-            "trials": len(search_rows),
-            "distinct_networks": len({r["network"] for r in search_rows}),
-            "share_error_median": _median(errors),
-            "share_error_max": max(errors) if errors else None,
-            "realizable_networks": len(found.networks) if found else None,
-            "coverage": found.coverage if found else None,
-        },
+        "search": search_summary(rows, found),
         "objective": settings.objective,
         "dataset": settings.dataset,
         "space": space.name,
@@ -86,6 +77,20 @@ def best_result(
             for n in front
         ]
     return result
+
+
+def search_summary(rows: Mapping[int, Mapping[str, Any]], found: RealizableSet | None) -> dict[str, Any]:
+    """How the search went: trials, distinct networks, how far they lay from what was asked, coverage."""
+    errors = [float(r["share_error"]) for r in rows.values() if r.get("share_error") is not None]
+    search_rows = [r for r in rows.values() if r.get("stage") == "search"]
+    return {
+        "trials": len(search_rows),
+        "distinct_networks": len({r["network"] for r in search_rows}),
+        "share_error_median": _median(errors),
+        "share_error_max": max(errors) if errors else None,
+        "realizable_networks": len(found.networks) if found else None,
+        "coverage": found.coverage if found else None,
+    }
 
 
 def _median(values: list[float]) -> float | None:

@@ -12,7 +12,8 @@ ask for trains something else than was proposed. So the planner works the other 
    shares to the network whose realized shares are nearest (L∞ on the simplex), so a proposal never
    trades a dimension it asked for against another when the set covers the simplex, and `coverage`
    says how well it does: the largest distance from any point of the simplex to its nearest network.
-3. `calibrate` plans a family's variant at full scale (B1..B7 of the target base) onto its budget
+3. `calibrate` (scalesearch.calibration) plans a family's variant at full scale (B1..B7 of the target
+   base) onto its budget
    target^φ by moving along the rule's own direction, so the variant keeps the chosen shares.
 
 Realized multipliers of a network (what it *is*, against the base it scales), each defined by its
@@ -36,10 +37,19 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from scalesearch.calibration import Calibrated, calibrate, check_fits, width_for  # noqa: F401  (re-exported)
 from scalesearch.errors import UserError
+from scalesearch.measure import (  # noqa: F401  (measurer_for and latency_ratio are used through planner too)
+    MEMORY_SHARE,
+    Measurer,
+    available_memory,
+    count_macs,
+    latency_ratio,
+    measurer_for,
+    memory_estimate,
+)
 from scalesearch.scaling import (
     Coefficients,
     Shares,
@@ -58,8 +68,6 @@ if TYPE_CHECKING:
 PLANNER_VERSION = 2
 # Depth levels are found by stepping the depth multiplier this finely (relative to the base).
 DEPTH_STEP = 0.01
-# Width bisection steps per (depth, resolution) level.
-WIDTH_STEPS = 8
 # The coverage lattice on the simplex.
 COVERAGE_STEP = 0.02
 
@@ -188,112 +196,7 @@ class RealizableSet:
 
 
 # --------------------------------------------------------------------------------------------------
-# Measuring networks
-
-
-class Measurer:
-    """Costs of one family's networks for one input shape, cached by spec."""
-
-    def __init__(self, family: Family, in_channels: int) -> None:
-        self.family = family
-        self.in_channels = in_channels
-        self._macs: dict[ModelSpec, int] = {}
-        self._fvcore: dict[ModelSpec, tuple[int, int]] = {}
-        self._activations: dict[ModelSpec, int] = {}
-
-    def macs(self, spec: ModelSpec) -> int:
-        """Conv + linear multiply-adds at batch 1, by forward hooks (fast: no trace)."""
-        if spec not in self._macs:
-            self._macs[spec] = count_macs(self.family, spec)
-        return self._macs[spec]
-
-    def measured(self, spec: ModelSpec) -> tuple[int, int]:
-        """(params, FLOPs) by fvcore: the figures a run reports."""
-        if spec not in self._fvcore:
-            from scalesearch.cost import measure_cost
-
-            cost = measure_cost(self.family.build(spec), resolution=spec.resolution, in_channels=spec.in_channels)
-            self._fvcore[spec] = (cost.params, cost.flops)
-        return self._fvcore[spec]
-
-    def params(self, spec: ModelSpec) -> int:
-        """Parameters, counted without fvcore."""
-        import torch
-
-        with torch.device("meta"):
-            model = self.family.build(spec)
-        return sum(p.numel() for p in model.parameters())
-
-    def activations(self, spec: ModelSpec) -> int:
-        """Conv/linear output elements at batch 1 (exact)."""
-        if spec not in self._activations:
-            from scalesearch.cost import measure_activations
-
-            model = self.family.build(spec)
-            self._activations[spec] = measure_activations(
-                model, resolution=spec.resolution, in_channels=spec.in_channels
-            )
-        return self._activations[spec]
-
-    def realized(self, spec: ModelSpec, base: ModelSpec) -> tuple[float, float, float]:
-        """(depth, width, resolution) multipliers of `spec` against `base`, each by its effect on
-        MACs, taken in that order (see the module docstring): their d·w²·r² is the MACs ratio."""
-        depth_only = replace(base, depth_mult=spec.depth_mult)
-        no_resolution = replace(spec, resolution=base.resolution)
-        depth = self.macs(depth_only) / self.macs(base)
-        width = math.sqrt(self.macs(no_resolution) / self.macs(depth_only))
-        resolution = math.sqrt(self.macs(spec) / self.macs(no_resolution))
-        return depth, width, resolution
-
-
-@lru_cache(maxsize=16)
-def measurer_for(family: Family, in_channels: int) -> Measurer:
-    """One Measurer per family object and input channels, so its caches live as long as the process."""
-    return Measurer(family, in_channels)
-
-
-def count_macs(family: Family, spec: ModelSpec) -> int:
-    """Conv + linear multiply-adds of `spec` for one image; large models are built on the meta device,
-    where the forward pass only propagates shapes."""
-    import torch
-    from torch import nn
-
-    device = "meta" if spec.resolution * spec.width_mult >= 64 else "cpu"
-    with torch.device(device):
-        model = family.build(spec).eval()
-    macs = 0
-
-    def count(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        nonlocal macs
-        if isinstance(module, nn.Conv2d):
-            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            macs += output.numel() * per_output
-        elif isinstance(module, nn.Linear):
-            macs += output.numel() * module.in_features
-
-    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, spec.in_channels, spec.resolution, spec.resolution, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return macs
-
-
-def latency_ratio(family: Family, base_spec: ModelSpec, spec: ModelSpec) -> float:
-    """Measured batch-1 CPU latency of `spec` over `base_spec` (alternating timings on one thread)."""
-    from scalesearch.cost import LATENCY_REPEATS, LATENCY_THREADS, LATENCY_WARMUP, measure_latency_ratio
-
-    return measure_latency_ratio(
-        family.build(spec),
-        family.build(base_spec),
-        resolutions=(spec.resolution, base_spec.resolution),
-        in_channels=spec.in_channels,
-        threads=LATENCY_THREADS,
-        warmup=LATENCY_WARMUP,
-        repeats=LATENCY_REPEATS,
-    )
+# Measuring networks (scalesearch.measure) for a budget
 
 
 def _ratio_functions(
@@ -389,7 +292,7 @@ def _enumerate_networks(
             if at_base_width > top:
                 break
             options = [level] if abs(at_base_width / goal - 1.0) <= tolerance else []
-            widened = _width_for(level, goal, at_base_width, fast)
+            widened = width_for(level, goal, at_base_width, fast)
             if widened is not None:
                 options.append(widened)
             for spec in options:
@@ -434,33 +337,6 @@ def _depth_levels(space: SearchSpace, base: ModelSpec, top: float) -> list[Model
     return list(levels.values())
 
 
-def _width_for(
-    level: ModelSpec, goal: float, at_base_width: float, ratio: Callable[[ModelSpec], float]
-) -> ModelSpec | None:
-    """The wider variant of `level` whose ratio is nearest `goal`: Newton steps on cost ∝ width²
-    inside a shrinking bracket (cost grows with width), a handful of measurements."""
-    if at_base_width >= goal:
-        return None
-    low, high = 1.0, math.sqrt(goal / max(at_base_width, 1e-9)) * 1.5
-    factor, value = 1.0, at_base_width
-    best: tuple[float, ModelSpec] | None = None
-    for _ in range(WIDTH_STEPS):
-        guess = factor * math.sqrt(goal / value)
-        factor = guess if low < guess < high else (low + high) / 2
-        spec = replace(level, width_mult=level.width_mult * factor)
-        value = ratio(spec)
-        miss = abs(value / goal - 1.0)
-        if best is None or miss < best[0]:
-            best = (miss, spec)
-        if miss < 0.005 or high - low < 1e-3:
-            break
-        if value < goal:
-            low = factor
-        else:
-            high = factor
-    return best[1] if best is not None else None
-
-
 def _identity(family: Family, spec: ModelSpec) -> tuple[Any, ...]:
     """What makes two specs the same network: their stages and resolution."""
     return (tuple((s.channels, s.repeats) for s in family.stages(spec)), spec.resolution, spec.dropout)
@@ -474,10 +350,8 @@ def _cache_path(space: SearchSpace, num_classes: int, in_channels: int, phi: flo
             content = handle.read()
     except OSError:
         return None
-    key = hashlib.sha256(
-        content
-        + f"|{num_classes}|{in_channels}|{phi:g}|{constraint}|{space.target}|{space.tolerance}|v{PLANNER_VERSION}".encode()
-    ).hexdigest()[:24]
+    identity = f"|{num_classes}|{in_channels}|{phi:g}|{constraint}|{space.target}|{space.tolerance}|v{PLANNER_VERSION}"
+    key = hashlib.sha256(content + identity.encode()).hexdigest()[:24]
     return os.path.join(default_cache_dir(), "realizable", f"{space.name}-{key}.json")
 
 
@@ -533,84 +407,6 @@ def plan(
     return found.nearest(shares)
 
 
-@dataclass(frozen=True)
-class Calibrated:
-    """A full-scale variant planned onto its budget: the rule's spec and the calibrated one."""
-
-    rule: ModelSpec  # depth = α^φ, width = β^φ, resolution = γ^φ, rounded as the family rounds
-    spec: ModelSpec  # the variant on its budget (the rule's spec when that already meets it)
-    effective_phi: float  # the φ along the rule's direction the calibrated variant sits at
-
-
-def calibrate(
-    space: SearchSpace,
-    coefficients: Coefficients,
-    phi: float,
-    *,
-    num_classes: int = 1000,
-    in_channels: int = 3,
-) -> Calibrated:
-    """Move the rule's variant at φ along the rule's own direction (α^t, β^t, γ^t), then width alone,
-    until its MACs over the target base's are within half the tolerance of target^φ.
-
-    The paper's authors adjusted B1..B7 by hand for the same reason: rounding repeats up and
-    resolutions to a multiple of 4 makes the pure rule overshoot (B1 2.2x instead of 2x).
-    """
-    family = space.family
-    measurer = measurer_for(family, in_channels)
-    rule = space.scaled_spec(coefficients, phi, num_classes=num_classes, in_channels=in_channels)
-    if phi == 0:
-        return Calibrated(rule=rule, spec=rule, effective_phi=0.0)
-    base = space.scaled_spec(coefficients, 0.0, num_classes=num_classes, in_channels=in_channels)
-    base_macs = measurer.macs(base)
-    goal, band = space.target**phi, space.tolerance / 2
-
-    def at(t: float) -> ModelSpec:
-        return replace(
-            space.scaled_spec(coefficients, t, num_classes=num_classes, in_channels=in_channels), dropout=rule.dropout
-        )
-
-    def miss(spec: ModelSpec) -> float:
-        return measurer.macs(spec) / base_macs / goal - 1.0
-
-    step = math.log(max(coefficients.product, 1.0 + 1e-6))
-    t, spec = phi, rule
-    best = (abs(miss(rule)), phi, rule)
-    low, high = max(0.0, phi - 2.0), phi + 2.0
-    for _ in range(12):
-        if best[0] <= band:
-            break
-        error = miss(spec)
-        if error > 0:
-            high = min(high, t)
-        else:
-            low = max(low, t)
-        # A Newton step on log(cost) ∝ t·log(product), kept inside the bracket.
-        guess = t - math.log1p(error) / step
-        t = guess if low < guess < high else (low + high) / 2
-        spec = at(t)
-        if abs(miss(spec)) < best[0]:
-            best = (abs(miss(spec)), t, spec)
-    _, t, spec = best
-    if best[0] > band:
-        # Whole blocks can straddle the band; channels are the finer knob, and when a channel step
-        # (a divisor of 8 across many blocks) is still too coarse, a few pixels of resolution are.
-        narrower = replace(spec, width_mult=spec.width_mult * 0.9)
-        widened = _width_for(
-            narrower, goal, measurer.macs(narrower) / base_macs, lambda s: measurer.macs(s) / base_macs
-        )
-        options = [spec, *([widened] if widened else [])]
-        multiple = space.base.resolution_multiple
-        nudged = [
-            replace(option, resolution=option.resolution + step * multiple)
-            for option in options
-            for step in (0, -1, 1, -2, 2, -3, 3)
-            if option.resolution + step * multiple >= space.base.resolution
-        ]
-        spec = min(nudged, key=lambda s: (round(abs(miss(s)), 3), abs(s.resolution - rule.resolution)))
-    return Calibrated(rule=rule, spec=spec, effective_phi=t)
-
-
 def share_error(requested: Shares, network: Network) -> float:
     """How far the network trained lies from the shares that were asked for (L∞)."""
     return share_distance(requested, network.shares)
@@ -650,68 +446,3 @@ def describe(found: RealizableSet, base_flops: int | None = None) -> list[dict[s
 def spread_points(found: RealizableSet, count: int) -> Sequence[Network]:
     """An evenly spread subset of `count` networks (all when `count` is larger)."""
     return found.spread(count)
-
-
-# Measuring a variant (fvcore traces a real forward pass at batch 1) needs its weights and about
-# its activations in memory; refuse variants whose estimate exceeds this share of available memory.
-MEMORY_SHARE = 0.5
-
-
-def memory_estimate(family: Family, base: ModelSpec, depth: float, width: float, resolution: float) -> int:
-    """Peak bytes of measuring `base` scaled by the multipliers: float32 weights (∝ d·w²) plus three
-    times its largest layer output at batch 1 (∝ w·r²; a no-grad pass frees outputs as it goes), from
-    one meta-device pass over the base: seconds even for a variant far too big to build."""
-    import torch
-
-    with torch.device("meta"):
-        model = family.build(base).eval()
-    weights = sum(p.numel() for p in model.parameters())
-    largest = 0
-
-    def count(module: Any, inputs: Any, output: Any) -> None:
-        nonlocal largest
-        if isinstance(output, torch.Tensor):
-            largest = max(largest, output.numel())
-
-    handles = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, base.in_channels, base.resolution, base.resolution, device="meta"))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return int(4 * (weights * depth * width**2 + 3 * largest * width * resolution**2))
-
-
-def available_memory() -> int:
-    """Bytes of memory available to new allocations (MemAvailable), or the physical total."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-
-
-def check_fits(
-    space: SearchSpace,
-    coefficients: Coefficients,
-    phis: Sequence[float],
-    *,
-    num_classes: int = 1000,
-    in_channels: int = 3,
-) -> None:
-    """UserError, with the estimate, when measuring the family's largest variant would not fit in memory."""
-    if not phis:
-        return
-    phi = max(phis)
-    base = space.scaled_spec(coefficients, 0.0, num_classes=num_classes, in_channels=in_channels)
-    depth, width, resolution = (value**phi for value in (coefficients.alpha, coefficients.beta, coefficients.gamma))
-    need, have = memory_estimate(space.family, base, depth, width, resolution), available_memory()
-    if need > MEMORY_SHARE * have:
-        raise UserError(
-            f"the variant at phi={phi:g} needs about {need / 1e9:,.1f} GB to measure, more than "
-            f"{MEMORY_SHARE:.0%} of the {have / 1e9:.1f} GB available; choose smaller --phis"
-        )

@@ -12,6 +12,7 @@ an entry here and a test (CONTRIBUTING.md).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -22,6 +23,8 @@ from scalesearch.scaling import Shares
 # Seeds of the samplers of successive rounds: seed·SEED_STRIDE + round.
 SEED_STRIDE = 100_003
 # The first round of a study: the corners of the simplex (depth, width, resolution only), then its centre.
+# Where a result at the depth corner is recorded along its degenerate edge (width_part).
+CORNER_EDGE = (0.0, 0.25, 0.5, 0.75, 1.0)
 INITIAL_DESIGN = [Shares(1.0, 0.0, 0.0), Shares(0.0, 1.0, 0.0), Shares(0.0, 0.0, 1.0), Shares(1 / 3, 1 / 3, 1 / 3)]
 
 
@@ -52,7 +55,7 @@ def _tpe(seed: int, trials: int) -> Any:
 
     return optuna.samplers.TPESampler(
         seed=seed,
-        n_startup_trials=min(8, max(2, trials // 3)),
+        n_startup_trials=4,  # the first round (corners and centre) is the start-up design
         multivariate=True,
         constant_liar=True,  # the rest of a round is pending: do not propose the same point twice
     )
@@ -61,7 +64,7 @@ def _tpe(seed: int, trials: int) -> Any:
 def _gp(seed: int, trials: int) -> Any:
     import optuna
 
-    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(6, max(2, trials // 4)))
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=4)
 
 
 def _random(seed: int, trials: int) -> Any:
@@ -115,7 +118,13 @@ class StudyProposer:
         self.told: list[tuple[dict[str, float], list[float] | None]] = []
 
     def tell(self, shares: Shares, values: Sequence[float] | None) -> None:
-        self.told.append((share_params(shares), None if values is None else [float(v) for v in values]))
+        scores = None if values is None else [float(v) for v in values]
+        if shares.depth >= 1.0 - 1e-9:
+            # The depth corner is one network for every width_part: say so along the whole edge, or a
+            # model-based sampler sees the rest of the edge as unexplored and keeps proposing it.
+            self.told.extend((share_params(shares, part), scores) for part in CORNER_EDGE)
+            return
+        self.told.append((share_params(shares), scores))
 
     def propose(self, round_number: int, count: int) -> list[Shares]:
 
@@ -175,16 +184,18 @@ def share_distributions() -> dict[str, Any]:
 
 
 def params_to_shares(params: dict[str, float]) -> Shares:
-    """Stick-breaking: s_d, then s_w = (1 - s_d)·u, s_r = the rest."""
-    depth = float(params["share_depth"])
+    """Area-preserving stick-breaking: s_d = 1 - √(1 - p), then s_w = (1 - s_d)·u, s_r = the rest, so
+    uniform (p, u) in the unit square are uniform on the simplex (plain s_d = p would put half of
+    all draws at depth shares above 0.5, a quarter of the simplex)."""
+    depth = 1.0 - math.sqrt(max(0.0, 1.0 - float(params["share_depth"])))
     width = (1.0 - depth) * float(params["width_part"])
     return Shares(depth, width, max(0.0, 1.0 - depth - width))
 
 
-def share_params(shares: Shares) -> dict[str, float]:
-    """Inverse of params_to_shares."""
-    rest = 1.0 - shares.depth
-    return {
-        "share_depth": min(1.0, max(0.0, shares.depth)),
-        "width_part": min(1.0, max(0.0, shares.width / rest)) if rest > 1e-12 else 0.0,
-    }
+def share_params(shares: Shares, width_part: float | None = None) -> dict[str, float]:
+    """Inverse of params_to_shares. At the depth corner every `width_part` is the same point; pass
+    the one to record (default 0)."""
+    rest = 1.0 - min(1.0, max(0.0, shares.depth))
+    if rest <= 1e-9:
+        return {"share_depth": 1.0, "width_part": 0.0 if width_part is None else width_part}
+    return {"share_depth": 1.0 - rest**2, "width_part": min(1.0, max(0.0, shares.width / rest))}

@@ -209,109 +209,6 @@ def search_total(settings: SearchSettings, found: RealizableSet) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Ray Tune adapters (module level: Tune pickles them)
-
-
-def make_tune_parts(state: SearchState) -> tuple[Any, Any, Any]:
-    """(searcher, scheduler, recorder) bound to `state`."""
-    from ray.tune import Callback
-    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
-    from ray.tune.search import Searcher
-
-    class RoundSearcher(Searcher):
-        """Hands out the planned trials of the current round; waits (None) until the round is done."""
-
-        def __init__(self) -> None:
-            super().__init__(metric="val_accuracy", mode="max")
-
-        def suggest(self, trial_id: str) -> dict[str, Any] | None:
-            if state.write_error is not None:
-                return Searcher.FINISHED  # type: ignore[return-value]
-            planned = state.next_trial()
-            if planned == "done":
-                return Searcher.FINISHED  # type: ignore[return-value]
-            if planned is None or isinstance(planned, str):
-                return None
-            state.running[planned["trial"]] = {**planned, "start": time.monotonic(), "accuracies": [], "costs": {}}
-            state.refresh()
-            return {"trial_number": planned["trial"], "job": asdict(state.job(planned))}
-
-        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-            """The recorder writes the row; nothing to learn here before the round ends."""
-
-    class RoundStopper(FIFOScheduler):
-        """ASHA's rule made order-free: at half the epochs, stop a trial below the top third of the
-        earlier rounds' trials at that epoch (the first round is never stopped)."""
-
-        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-            if state.write_error is not None:
-                return TrialScheduler.STOP  # nothing more can be saved: stop at once
-            if state.settings.scheduler != "asha" or "outcome" in result:
-                return TrialScheduler.CONTINUE
-            rung = max(1, state.settings.epochs // 2)
-            number = trial.config.get("trial_number")
-            if number not in state.running or int(result.get("epoch", 0)) != rung or rung >= state.settings.epochs:
-                return TrialScheduler.CONTINUE
-            reference = sorted(state.rung_reference(state.running[number]["round"], rung), reverse=True)
-            if len(reference) < 3:
-                return TrialScheduler.CONTINUE
-            keep = reference[max(0, len(reference) // 3 - 1)]
-            return TrialScheduler.STOP if float(result["val_accuracy"]) < keep else TrialScheduler.CONTINUE
-
-    class Recorder(Callback):
-        """Turns Tune's results into trials.csv rows."""
-
-        def on_trial_result(
-            self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
-        ) -> None:
-            number = trial.config.get("trial_number")
-            if number not in state.running:
-                return
-            if "outcome" in result:
-                outcome = Outcome(**{**result["outcome"], "accuracies": tuple(result["outcome"]["accuracies"])})
-                self._record(number, outcome)
-                return
-            running = state.running[number]
-            running["accuracies"].append(float(result["val_accuracy"]))
-            running["layout"] = result.get("layout", "")
-            running["costs"].update({k: result[k] for k in runs.WORKER_COST_KEYS if k in result})
-            state.refresh()
-
-        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            number = trial.config.get("trial_number")
-            if number in state.running:  # stopped early: no closing report
-                running = state.running[number]
-                outcome = Outcome(
-                    "stopped",
-                    tuple(running["accuracies"]),
-                    time.monotonic() - running["start"],
-                    running.get("layout", ""),
-                    running["costs"],
-                )
-                self._record(number, outcome)
-
-        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            number = trial.config.get("trial_number")
-            if number in state.running:
-                running = state.running[number]
-                reason = "worker lost (killed, e.g. for memory)"
-                error = getattr(trial, "error_msg", None) or ""
-                if "memory" in str(error).lower():
-                    reason = "worker killed: out of memory"
-                self._record(number, Outcome("failed", (), time.monotonic() - running["start"], error=reason))
-
-        def _record(self, number: int, outcome: Outcome) -> None:
-            running = state.running[number]
-            planned = {k: v for k, v in running.items() if k not in ("start", "accuracies", "costs", "layout")}
-            row = {**planned, **outcome.row()}
-            if outcome.status == "completed" and len(outcome.accuracies) < state.settings.epochs:
-                row["status"] = "stopped"
-            state.finish(number, row)
-
-    return RoundSearcher(), RoundStopper(), Recorder()
-
-
-# --------------------------------------------------------------------------------------------------
 # The search
 
 
@@ -329,10 +226,8 @@ def run_search(settings: SearchSettings, *, resume: bool = False, command: str =
     space = load_space(settings.space_path)
     out, done = runs.prepare(settings, resume=resume)
     runs.check_writable(out)
-    from scalesearch.scaling import parse_phis
-
     from scalesearch.planner import check_fits
-    from scalesearch.scaling import coefficients_from_shares
+    from scalesearch.scaling import coefficients_from_shares, parse_phis
 
     # A bad or absurd --family-phis fails now, not after the trials (sized with the centre's coefficients).
     centre = coefficients_from_shares(Shares(1 / 3, 1 / 3, 1 / 3), target=space.target)
@@ -423,7 +318,9 @@ def _run_rounds(state: SearchState) -> float:
     from ray import tune
 
     settings = state.settings
-    searcher, scheduler, recorder = make_tune_parts(state)
+    from scalesearch.tuning import Recorder, RoundSearcher, RoundStopper
+
+    searcher, scheduler, recorder = RoundSearcher(state), RoundStopper(state), Recorder(state)
     trainable = tune.with_resources(tune_trainable, {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     state.refresh("start")
     start = time.monotonic()
