@@ -71,10 +71,10 @@ def write_folder(root: Path, images: int, size: int, classes: int) -> None:
     from PIL import Image
 
     sys.path.insert(0, str(REPO))
-    from scalesearch.data import _synthetic_chunks
+    from scalesearch.synthetic import synthetic_chunks
 
     done = 0
-    chunks = _synthetic_chunks(n=images, classes=classes, size=size, channels=3, seed=0, noise=0.1)
+    chunks = synthetic_chunks(n=images, classes=classes, size=size, channels=3, seed=0, noise=0.1)
     for chunk in chunks:
         for image in chunk:
             folder = root / f"class{done % classes}"

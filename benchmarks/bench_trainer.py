@@ -30,11 +30,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from scalesearch.data import load_dataset, resized_images, split_dataset
+from scalesearch.data import load_dataset
+from scalesearch.dataprep import resized_images, split_dataset
+from scalesearch.layout import clear_layout_cache
 from scalesearch.recipe import Recipe
 from scalesearch.scaling import Coefficients
 from scalesearch.spaces import load_space
-from scalesearch.train import EpochMetrics, clear_layout_cache, train_model
+from scalesearch.train import EpochMetrics, train_model
 
 PAPER = Coefficients(1.2, 1.1, 1.15)
 

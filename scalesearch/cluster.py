@@ -279,41 +279,49 @@ def ray_session(settings: ResourceSettings, *, space: SearchSpace | None = None)
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
     quiet = logging.DEBUG if settings.verbose else logging.ERROR
-    runtime_env = code_runtime_env(space)
     try:
-        if access is not None:
-            if access.auth_mode is not None:
-                _set_auth_mode(access.auth_mode)
-            try:
-                ray.init(address=access.address, logging_level=quiet, log_to_driver=settings.verbose,
-                         runtime_env=runtime_env)  # fmt: skip
-            except Exception as error:
-                raise UserError(f"cannot join the Ray cluster at {access.address}: {_first_line(error)}") from None
-            where = access.address
-        else:
-            import torch
-
-            local = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
-            _check_resources(settings, local, where="this machine")
-            try:
-                ray.init(
-                    address="local",
-                    num_cpus=os.cpu_count() or 1,
-                    include_dashboard=False,
-                    _node_ip_address="127.0.0.1",
-                    logging_level=quiet,
-                    log_to_driver=settings.verbose,
-                    runtime_env=runtime_env,
-                )
-            except Exception as error:
-                raise UserError(f"cannot start a local Ray: {_first_line(error)}") from None
-            where = "local (started by scalesearch, 127.0.0.1)"
+        where = _init_ray(settings, access, logging_level=quiet, runtime_env=code_runtime_env(space))
         _check_resources(settings, ray.cluster_resources(), where="the cluster")
         yield where
     finally:
         ray.shutdown()
         if os.environ.get(AUTH_MODE_ENV) != saved_mode:
             _set_auth_mode(saved_mode)
+
+
+def _init_ray(
+    settings: ResourceSettings, access: ClusterAccess | None, *, logging_level: int, runtime_env: dict[str, Any] | None
+) -> str:
+    """ray.init on the checked cluster (`access`) or a new local Ray; where it runs. UserError when
+    Ray cannot start or join, or this machine lacks what the settings ask for."""
+    import ray
+
+    if access is not None:
+        if access.auth_mode is not None:
+            _set_auth_mode(access.auth_mode)
+        try:
+            ray.init(address=access.address, logging_level=logging_level, log_to_driver=settings.verbose,
+                     runtime_env=runtime_env)  # fmt: skip
+        except Exception as error:
+            raise UserError(f"cannot join the Ray cluster at {access.address}: {_first_line(error)}") from None
+        return access.address
+    import torch
+
+    local = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    _check_resources(settings, local, where="this machine")
+    try:
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count() or 1,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            logging_level=logging_level,
+            log_to_driver=settings.verbose,
+            runtime_env=runtime_env,
+        )
+    except Exception as error:
+        raise UserError(f"cannot start a local Ray: {_first_line(error)}") from None
+    return "local (started by scalesearch, 127.0.0.1)"
 
 
 def _set_auth_mode(mode: str | None) -> None:
@@ -333,6 +341,7 @@ def _set_auth_mode(mode: str | None) -> None:
 
 
 def _first_line(error: BaseException) -> str:
+    """The error's type and the first line of its message."""
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
@@ -351,6 +360,7 @@ def _check_resources(settings: ResourceSettings, resources: Mapping[str, float],
 
 
 def versions() -> dict[str, str]:
+    """Python's and the key packages' versions, as a run's manifest records them."""
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version()}
@@ -363,6 +373,7 @@ def versions() -> dict[str, str]:
 
 
 def machine() -> dict[str, Any]:
+    """Host name, platform, CPU count and GPU of this machine, as a run's manifest records them."""
     import torch
 
     return {

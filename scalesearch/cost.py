@@ -12,7 +12,8 @@ runtime), so the other measurements sit beside them:
   definition), a proxy for memory traffic.
 - `measure_latency`: median wall time of a forward pass at a given batch on a given device.
 - `measure_train_memory`: peak bytes of one training step (forward, backward, SGD step).
-- `measure_all_costs`: all of them at once, as a `FullCost`.
+- `measure_runtime_costs`: activations, latency and memory at once (a family's, a trial's);
+  `measure_all_costs`: with params and FLOPs, as a `FullCost`.
 
 Each is cheap on a tiny proxy (tens of milliseconds), so a search can measure every trial.
 Latency and memory depend on the machine, its load and torch's thread count; FLOPs, params and
@@ -22,19 +23,17 @@ activations do not.
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import statistics
 import time
-import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+
+from scalesearch.train_memory import measure_train_memory
 
 FLOPS_CONVENTION = "fvcore: 1 multiply-add = 1 flop, batch 1, at the variant's resolution"
 ACTIVATIONS_CONVENTION = "output elements of every Conv2d and Linear layer, batch 1"
@@ -217,8 +216,8 @@ def measure_latency(
     in_channels: int,
     batch_size: int = 1,
     device: str | torch.device = "cpu",
-    warmup: int = 2,
-    repeats: int = 5,
+    warmup: int = TIMING_WARMUP,
+    repeats: int = TIMING_REPEATS,
 ) -> float:
     """Median seconds of one inference forward pass of `batch_size` images on `device`.
 
@@ -243,118 +242,36 @@ def measure_latency(
     return statistics.median(times)
 
 
-def _storage_key(storage: torch.UntypedStorage) -> int:
-    """Identity of a storage: its data address (empty storages have none, so their object id)."""
-    return storage.data_ptr() if storage.nbytes() else id(storage)
-
-
-def _storage_bytes(tensors: list[torch.Tensor]) -> int:
-    """Bytes of the distinct storages behind `tensors` (tied or viewed tensors counted once)."""
-    seen = {_storage_key(t.untyped_storage()): t.untyped_storage().nbytes() for t in tensors}
-    return sum(seen.values())
-
-
-class _PeakTensorBytes(TorchDispatchMode):
-    """A dispatch mode tracking the bytes of live tensor storages, and their peak.
-
-    A TorchDispatchMode sees every op below autograd (forward, backward and the optimizer's
-    updates alike). Each new output storage is counted until Python's weak reference to it dies,
-    which, as PyTorch keeps a storage's Python object alive with the storage, happens when the
-    storage itself is freed. Views and in-place results share a storage already counted.
-    """
-
-    def __init__(self, resident: list[torch.Tensor]) -> None:
-        super().__init__()
-        # Resident storages are counted once, up front; ops that return views of them (a Linear's
-        # weight.t(), the optimizer's in-place updates) must not count them again.
-        self.live: dict[int, int] = {_storage_key(t.untyped_storage()): 0 for t in resident}
-        self.current = _storage_bytes(resident)
-        self.peak = self.current
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for leaf in tree_leaves(out):
-            if isinstance(leaf, torch.Tensor):
-                self._track(leaf.untyped_storage())
-        return out
-
-    def _track(self, storage: torch.UntypedStorage) -> None:
-        """Count `storage` if it is new, and forget it when it is freed."""
-        key = _storage_key(storage)
-        if key in self.live:
-            return
-        self.live[key] = storage.nbytes()
-        self.current += storage.nbytes()
-        self.peak = max(self.peak, self.current)
-        weakref.finalize(storage, self._free, key)
-
-    def _free(self, key: int) -> None:
-        """Storage `key` was released."""
-        self.current -= self.live.pop(key, 0)
-
-
-def measure_train_memory(
+def measure_runtime_costs(
     model: nn.Module,
     *,
     resolution: int,
     in_channels: int,
-    batch_size: int = 32,
     device: str | torch.device = "cpu",
+    latency_batch: int = 32,
+    memory_batch: int = 32,
     num_classes: int | None = None,
-) -> int:
-    """Peak bytes of one training step (forward, cross-entropy backward, SGD-momentum step).
+    warmup: int = TIMING_WARMUP,
+    repeats: int = TIMING_REPEATS,
+) -> dict[str, Any]:
+    """Activations (batch 1), latency at batch 1 and `latency_batch`, and the peak memory of one
+    training step at `memory_batch` on `device`: the costs beside params and FLOPs, keyed as
+    FullCost's fields (and trials.csv's columns), with the batch sizes they were measured at."""
+    image = {"resolution": resolution, "in_channels": in_channels}
 
-    The measurement runs on a deep copy of `model` (the step changes weights and batch-norm
-    statistics), after one warm-up step so the momentum buffers exist as they do in steady state;
-    gradients start as None, as after `zero_grad(set_to_none=True)`.
+    def latency(batch_size: int) -> float:
+        return measure_latency(model, **image, batch_size=batch_size, device=device, warmup=warmup, repeats=repeats)
 
-    - CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus what the process
-      held before the step, plus the step's own resident tensors: the caching allocator's
-      exact peak, without memory of unrelated tensors in the process.
-    - CPU: the CPU allocator keeps no statistics, so a dispatch mode tracks every tensor storage
-      that ops create and free, and reports the peak of resident + new bytes: what the model's
-      tensors need. On an H100 it read 0.5-8% below CUDA's figure for the same step (ResNet-18/50
-      and EfficientNet-B0 at 224 px, proxies at 32 px). It leaves out scratch that CPU kernels
-      allocate internally (im2col columns), a backend detail: torch.profiler with
-      profile_memory=True would include it (1-2% more at 32 px, up to 40% more on 16 px maps
-      with many channels), but needs a second of kineto start-up per process, reads a private
-      results API, and prints kineto lines on stderr at every start and stop.
-
-    `num_classes` defaults to the output width of the model.
-    """
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    device = torch.device(device)
-    net = copy.deepcopy(model).to(device).train()
-    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
-    images = torch.randn(batch_size, in_channels, resolution, resolution, device=device)
-    if num_classes is None:
-        with torch.no_grad():  # eval mode: batch norm refuses a single image per channel in training
-            num_classes = int(net.eval()(images[:1]).shape[-1])
-        net.train()
-    labels = torch.randint(0, num_classes, (batch_size,), device=device)
-
-    def step(batch: slice = slice(None)) -> None:
-        loss = nn.functional.cross_entropy(net(images[batch]), labels[batch])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    # Warm-up on two images (the fewest batch norm accepts): creates the momentum buffers, which
-    # every later step finds resident, at a fraction of a full step's time.
-    step(slice(0, 2))
-    resident = [*net.parameters(), *net.buffers(), images, labels]
-    resident += [t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        step()
-        torch.cuda.synchronize(device)
-        return _storage_bytes(resident) + torch.cuda.max_memory_allocated(device) - before
-    with _PeakTensorBytes(resident) as tracker:
-        step()
-    return tracker.peak
+    return {
+        "activations": measure_activations(model, **image),
+        "latency_batch1_s": latency(1),
+        "latency_throughput_s": latency(latency_batch),
+        "throughput_batch": latency_batch,
+        "peak_train_memory_bytes": measure_train_memory(
+            model, **image, batch_size=memory_batch, device=device, num_classes=num_classes
+        ),
+        "memory_batch": memory_batch,
+    }
 
 
 def measure_all_costs(
@@ -365,8 +282,8 @@ def measure_all_costs(
     device: str | torch.device = "cpu",
     latency_batch: int = 32,
     memory_batch: int = 32,
-    warmup: int = 2,
-    repeats: int = 5,
+    warmup: int = TIMING_WARMUP,
+    repeats: int = TIMING_REPEATS,
 ) -> FullCost:
     """Params, FLOPs, activations, latency at batch 1 and `latency_batch`, and training memory.
 
@@ -374,23 +291,36 @@ def measure_all_costs(
     `device`. Returns a FullCost whose `as_dict()` is ready for a trials table or JSON.
     """
     flops, uncounted = count_flops(model, resolution=resolution, in_channels=in_channels)
-    image = {"resolution": resolution, "in_channels": in_channels}
-
-    def latency(batch_size: int) -> float:
-        return measure_latency(model, **image, batch_size=batch_size, device=device, warmup=warmup, repeats=repeats)
-
+    measured = measure_runtime_costs(
+        model,
+        resolution=resolution,
+        in_channels=in_channels,
+        device=device,
+        latency_batch=latency_batch,
+        memory_batch=memory_batch,
+        warmup=warmup,
+        repeats=repeats,
+    )
     return FullCost(
         params=count_params(model),
         flops=flops,
-        activations=measure_activations(model, **image),
-        latency_batch1_s=latency(1),
-        latency_throughput_s=latency(latency_batch),
-        throughput_batch=latency_batch,
-        peak_train_memory_bytes=measure_train_memory(model, **image, batch_size=memory_batch, device=device),
-        memory_batch=memory_batch,
+        **measured,
         device=str(torch.device(device)),
         uncounted_ops=uncounted,
     )
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """torch's intra-op thread count set to `threads` (None: left as it is) for the block, then
+    restored; yields the count in use. Timings and layout decisions depend on it."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
 
 
 def measure_latency_ratio(
@@ -399,9 +329,9 @@ def measure_latency_ratio(
     *,
     resolutions: tuple[int, int],
     in_channels: int,
-    threads: int = 1,
-    warmup: int = 3,
-    repeats: int = 15,
+    threads: int = LATENCY_THREADS,
+    warmup: int = LATENCY_WARMUP,
+    repeats: int = LATENCY_REPEATS,
 ) -> float:
     """Median batch-1 CPU latency of `model` over that of `reference`, timed in alternation.
 
@@ -417,19 +347,14 @@ def measure_latency_ratio(
         for net, resolution in ((model, resolutions[0]), (reference, resolutions[1]))
     ]
     times: tuple[list[float], list[float]] = ([], [])
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        cpu = torch.device("cpu")
-        with _evaluating_on(model, cpu), _evaluating_on(reference, cpu), torch.inference_mode():
-            for _ in range(warmup):
-                for net, images in pairs:
-                    net(images)
-            for _ in range(repeats):
-                for index, (net, images) in enumerate(pairs):
-                    start = time.perf_counter()
-                    net(images)
-                    times[index].append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous)
+    cpu = torch.device("cpu")
+    with torch_threads(threads), _evaluating_on(model, cpu), _evaluating_on(reference, cpu), torch.inference_mode():
+        for _ in range(warmup):
+            for net, images in pairs:
+                net(images)
+        for _ in range(repeats):
+            for index, (net, images) in enumerate(pairs):
+                start = time.perf_counter()
+                net(images)
+                times[index].append(time.perf_counter() - start)
     return statistics.median(times[0]) / statistics.median(times[1])

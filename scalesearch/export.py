@@ -1,297 +1,26 @@
-"""Coefficients → a scaled family (B0, B1, ...) with measured cost, and its renderings.
+"""A finished run's discovered rule as data, and its renderings (`scalesearch export`).
 
-`family_table` returns plain data (the stable JSON schema); `render_family` turns it into a text
-table, JSON, YAML or Markdown. Used by `scalesearch family` and by every search run's family.json.
-
-`rule_export` turns a finished run into the discovered rule as data, and `render_export` writes it as
-JSON, YAML, a standalone Python module, or the arguments timm and torchvision take (`scalesearch export`).
+`rule_export` turns a run folder into the rule and its family as plain data; `render_export` writes
+it as JSON, YAML, a standalone Python module (`scaled_config(phi)`, standard library only), or the
+arguments timm's and torchvision's builders take. What a family knows about itself (its channel
+divisor, the base stages an inline rule reproduces, whether it is EfficientNet-B0, which libraries
+build it) comes from the family's own methods (`families.base.Family`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import pprint
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from scalesearch.errors import UserError
-from scalesearch.runs import Run, read_run, run_space  # noqa: F401  (re-exported for callers)
-from scalesearch.scaling import Coefficients, compute_shares, validate_coefficients
-from scalesearch.spaces import SearchSpace
 
-FORMATS = ("table", "json", "yaml", "markdown")
-TABLE_COLUMNS = [
-    "name",
-    "phi",
-    "depth_mult",
-    "width_mult",
-    "resolution",
-    "dropout",
-    "params",
-    "gflops",
-    "flops_ratio",
-    "theoretical_ratio",
-]
-# Extra columns of `family_table(..., costs=True)`, shown after the FLOPs ones.
-COST_TABLE_COLUMNS = ["mactivations", "latency_ms", "throughput_ms", "train_memory_mb"]
-# Batch sizes of the measured costs of a family (B7 at 600 px on a CPU: keep them small).
-FAMILY_THROUGHPUT_BATCH = 8
-FAMILY_MEMORY_BATCH = 2
-
-
-def variant_name(phi: float, prefix: str = "B") -> str:
-    """B0, B1, ... for whole φ; B2.5 for fractional φ."""
-    return f"{prefix}{phi:g}"
-
-
-def family_table(
-    space: SearchSpace,
-    coefficients: Coefficients | None,
-    phis: Sequence[float],
-    *,
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    on_variant: Callable[[dict[str, Any]], None] | None = None,
-    costs: bool = False,
-    device: str = "cpu",
-    threads: int | None = None,
-    calibrated: bool = True,
-) -> dict[str, Any]:
-    """Build and measure each variant; `coefficients=None` means the space's published reference table.
-
-    Returns the JSON-ready family: coefficients, rule ("compound" or "reference"), the FLOPs
-    convention, and one entry per φ with multipliers, stages, params, FLOPs, the FLOPs ratio to φ = 0
-    and (compound only) the theoretical ratio (α·β²·γ²)^φ.
-
-    `costs=True` also measures, on `device`, activations, latency at batch 1 and at
-    FAMILY_THROUGHPUT_BATCH, and the peak memory of a training step at FAMILY_MEMORY_BATCH (opt-in:
-    B7 at 600 px takes minutes on a CPU), with `threads` torch threads (default: torch's current
-    count). The variants then carry those fields and `cost_conventions` says how they were measured.
-
-    `calibrated=True` (default) plans each compound variant onto its budget target^φ at full scale
-    (`planner.calibrate`: along the rule's own direction, then width), as the search plans its
-    proxies; each variant records the pure rule's multipliers beside the calibrated ones.
-    `calibrated=False` gives the pure rule.
-    """
-    from scalesearch.cost import FLOPS_CONVENTION, measure_cost
-    from scalesearch.families import ModelSpec
-
-    if coefficients is None:
-        if not space.reference:
-            raise UserError(f"search space {space.name!r} has no published reference table")
-        for phi in phis:
-            if phi != int(phi) or not 0 <= phi < len(space.reference):
-                last = len(space.reference) - 1
-                raise UserError(f"the reference table has variants 0-{last}; phi {phi:g} is not one of them")
-    else:
-        from scalesearch.planner import check_fits
-
-        validate_coefficients(coefficients, target=space.target, tolerance=space.tolerance)
-        check_fits(space, coefficients, phis, num_classes=num_classes, in_channels=in_channels)
-
-    def spec_at(phi: float) -> ModelSpec:
-        if coefficients is None:
-            variant = space.reference[int(phi)]
-            return space.reference_spec(variant, num_classes=num_classes, in_channels=in_channels)
-        if calibrated:
-            from scalesearch.planner import calibrate
-
-            return calibrate(space, coefficients, phi, num_classes=num_classes, in_channels=in_channels).spec
-        return space.scaled_spec(coefficients, phi, num_classes=num_classes, in_channels=in_channels)
-
-    def measure(spec: ModelSpec) -> tuple[Any, list[Any]]:
-        model = space.family.build(spec)
-        return measure_cost(model, resolution=spec.resolution, in_channels=in_channels), space.family.stages(spec)
-
-    def measure_more(spec: ModelSpec) -> dict[str, Any]:
-        from scalesearch.cost import measure_activations, measure_latency, measure_train_memory
-
-        model = space.family.build(spec)
-        image = {"resolution": spec.resolution, "in_channels": in_channels}
-        return {
-            "activations": measure_activations(model, **image),
-            "latency_batch1_s": measure_latency(model, **image, batch_size=1, device=device),
-            "latency_throughput_s": measure_latency(model, **image, batch_size=FAMILY_THROUGHPUT_BATCH, device=device),
-            "throughput_batch": FAMILY_THROUGHPUT_BATCH,
-            "peak_train_memory_bytes": measure_train_memory(
-                model, **image, batch_size=FAMILY_MEMORY_BATCH, device=device, num_classes=num_classes
-            ),
-            "memory_batch": FAMILY_MEMORY_BATCH,
-            "cost_device": device,
-        }
-
-    import torch
-
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        # More threads than free cores makes CPU timings erratic (spinning workers wait on each other).
-        torch.set_num_threads(threads)
-    used_threads = torch.get_num_threads()
-    prefix = space.variant_prefix
-    try:
-        base_cost, _ = measure(spec_at(0.0))
-        variants = []
-        for phi in phis:
-            spec = spec_at(phi)
-            cost, stages = (base_cost, None) if phi == 0 else measure(spec)
-            stages = stages if stages is not None else space.family.stages(spec)
-            row = {
-                "name": space.reference[int(phi)].name if coefficients is None else variant_name(phi, prefix),
-                "phi": phi,
-                "depth_mult": round(spec.depth_mult, 6),
-                "width_mult": round(spec.width_mult, 6),
-                "resolution": spec.resolution,
-                "dropout": spec.dropout,
-                "stages": [{"name": s.name, "channels": s.channels, "repeats": s.repeats} for s in stages],
-                "params": cost.params,
-                "flops": cost.flops,
-                "flops_ratio": round(cost.flops / base_cost.flops, 4),
-                "theoretical_ratio": None if coefficients is None else round(coefficients.product**phi, 4),
-                "target_ratio": None if coefficients is None else round(space.target**phi, 4),
-                "uncounted_ops": cost.uncounted_ops,
-            }
-            if coefficients is not None:
-                rule = space.scaled_spec(coefficients, phi, num_classes=num_classes, in_channels=in_channels)
-                row["rule"] = {
-                    "depth_mult": round(rule.depth_mult, 6),
-                    "width_mult": round(rule.width_mult, 6),
-                    "resolution": rule.resolution,
-                }
-                row["calibrated"] = spec != rule
-            if costs:
-                row.update(measure_more(spec))
-            variants.append(row)
-            if on_variant is not None:
-                on_variant(row)
-    finally:
-        torch.set_num_threads(previous_threads)
-    coefficient_block = None
-    if coefficients is not None:
-        shares = compute_shares(coefficients, target=space.target)
-        coefficient_block = {
-            **coefficients.as_dict(),
-            "target": space.target,
-            "tolerance": space.tolerance,
-            "product": round(coefficients.product, 6),
-            "shares": {
-                "depth": round(shares.depth, 4),
-                "width": round(shares.width, 4),
-                "resolution": round(shares.resolution, 4),
-            },
-        }
-    extra: dict[str, Any] = {}
-    if costs:
-        from scalesearch.cost import ACTIVATIONS_CONVENTION, MEMORY_CONVENTION
-
-        extra["cost_conventions"] = {
-            "activations": ACTIVATIONS_CONVENTION,
-            "latency": f"median of 5 forward passes after 2 warm-up, on {device}, {used_threads} "
-            f"torch thread(s); batch 1 and batch {FAMILY_THROUGHPUT_BATCH}",
-            "memory": f"{MEMORY_CONVENTION}; batch {FAMILY_MEMORY_BATCH}",
-        }
-    return {
-        "space": space.name,
-        "family": space.family_name,
-        "coefficients": coefficient_block,
-        "rule": "reference" if coefficients is None else ("compound, calibrated" if calibrated else "compound"),
-        "rule_description": (
-            f"the published, hand-adjusted table in {space.name}"
-            if coefficients is None
-            else "depth = alpha^phi, width = beta^phi, resolution = gamma^phi, "
-            f"resolution rounded to a multiple of {space.base.resolution_multiple}, "
-            "channels to the family's divisor, repeats up"
-            + (
-                f"; each variant then moved along the rule's direction (and width) until its FLOPs are "
-                f"target^phi within ±{space.tolerance / 2:.1%} (MACs), the pure rule's multipliers under 'rule'"
-                if calibrated
-                else ""
-            )
-        ),
-        "flops_convention": FLOPS_CONVENTION,
-        "num_classes": num_classes,
-        "in_channels": in_channels,
-        "variants": variants,
-        **extra,
-    }
-
-
-def _summary_rows(family: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for v in family["variants"]:
-        row = {**v, "gflops": round(v["flops"] / 1e9, 4) if v["flops"] >= 1e7 else v["flops"] / 1e9}
-        if "latency_batch1_s" in v:
-            row.update(
-                mactivations=round(v["activations"] / 1e6, 3),
-                latency_ms=round(v["latency_batch1_s"] * 1e3, 2),
-                throughput_ms=round(v["latency_throughput_s"] * 1e3, 2),
-                train_memory_mb=round(v["peak_train_memory_bytes"] / 2**20, 1),
-            )
-        rows.append(row)
-    return rows
-
-
-def _header(family: dict[str, Any]) -> str:
-    c = family["coefficients"]
-    if c is None:
-        return f"{family['space']}: {family['rule_description']}"
-    return (
-        f"{family['space']}: alpha={c['alpha']:.4g} beta={c['beta']:.4g} gamma={c['gamma']:.4g} "
-        f"(alpha*beta^2*gamma^2 = {c['product']:.4f}, target {c['target']:g}); rule: compound"
-    )
-
-
-def render_family(family: dict[str, Any], fmt: str) -> str:
-    """The family as 'table' (text), 'json', 'yaml' or 'markdown'."""
-    from scalesearch.tables import markdown_table, text_table
-
-    if fmt == "json":
-        return json.dumps(family, indent=2) + "\n"
-    if fmt == "yaml":
-        import yaml
-
-        return str(yaml.safe_dump(family, sort_keys=False))
-    rows = _summary_rows(family)
-    columns = TABLE_COLUMNS if family["coefficients"] is not None else TABLE_COLUMNS[:-1]
-    has_costs = bool(family["variants"]) and "latency_batch1_s" in family["variants"][0]
-    if has_costs:
-        columns = [*columns, *COST_TABLE_COLUMNS]
-    cost_note = ""
-    if has_costs:
-        conventions = family.get("cost_conventions", {})
-        cost_note = (
-            f"mactivations: millions of {conventions.get('activations', 'activations')}; latency_ms / "
-            f"throughput_ms: {conventions.get('latency', 'measured latency')}; train_memory_mb: "
-            f"{conventions.get('memory', 'peak training-step memory')}.\n"
-        )
-    stage_lines = [
-        f"{v['name']}: " + " ".join(f"{s['channels']}x{s['repeats']}" for s in v["stages"]) for v in family["variants"]
-    ]
-    if fmt == "markdown":
-        return (
-            f"**{_header(family)}**\n\nFLOPs: {family['flops_convention']}.\n\n"
-            + markdown_table(rows, columns)
-            + "\n\nStages (channels x repeats, stem ... head):\n\n"
-            + "\n".join(f"- {line}" for line in stage_lines)
-            + "\n"
-            + (f"\n{cost_note}" if cost_note else "")
-        )
-    if fmt == "table":
-        return (
-            _header(family)
-            + "\n\n"
-            + text_table(rows, columns)
-            + "\n\nstages (channels x repeats, stem ... head):\n"
-            + "\n".join(f"  {line}" for line in stage_lines)
-            + f"\nFLOPs: {family['flops_convention']}\n"
-            + cost_note
-        )
-    raise UserError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
-
-
-# --------------------------------------------------------------------------------------------------
-# A finished run, and its rule as data for other tools
+# family_table and render_family: re-exported until finish.py and commands/search.py import them from
+# scalesearch.family_table, their home.
+from scalesearch.family_table import family_table, render_data, render_family  # noqa: F401
+from scalesearch.runs import Run, run_space
 
 EXPORT_FORMATS = ("json", "yaml", "python", "timm", "torchvision")
 EXPORT_VARIANT_KEYS = (
@@ -306,36 +35,6 @@ EXPORT_VARIANT_KEYS = (
     "flops",
     "flops_ratio",
 )
-# The stages of EfficientNet-B0 (Tan & Le 2019, Table 1) as (expand, kernel, stride, channels, repeats),
-# with stem 32 and head 1280: timm's and torchvision's B0..B7 builders scale exactly this network.
-B0_STAGES = (
-    (1, 3, 1, 16, 1),
-    (6, 3, 2, 24, 2),
-    (6, 5, 2, 40, 2),
-    (6, 3, 2, 80, 3),
-    (6, 5, 1, 112, 3),
-    (6, 5, 2, 192, 4),
-    (6, 3, 1, 320, 1),
-)
-
-
-def inline_stages(space: SearchSpace) -> list[tuple[str, int, int]] | None:
-    """The base stages as (name, channels, repeats) when the inline rule reproduces the family's.
-
-    The standalone module scales channels with make_divisible(c·w, divisor) and repeats with
-    ceil(r·d) (stem and head keep one), the official EfficientNet rules. Families that round
-    otherwise (depth_rounding "total", ResNet, ViT) return None, and the module leaves stages out.
-    """
-    from scalesearch.families.efficientnet import EfficientNetFamily
-
-    family = space.family
-    if not isinstance(family, EfficientNetFamily) or family.depth_rounding != "ceil":
-        return None
-    return (
-        [("stem", family.stem_channels, 1)]
-        + [(f"stage{i}", stage.channels, stage.repeats) for i, stage in enumerate(family.stage_table, start=1)]
-        + [("head", family.head_channels, 1)]
-    )
 
 
 def _scale_inline(stages: Sequence[tuple[str, int, int]], width: float, depth: float, divisor: int) -> list[dict]:
@@ -352,15 +51,16 @@ def _scale_inline(stages: Sequence[tuple[str, int, int]], width: float, depth: f
     ]
 
 
-def _is_b0(space: SearchSpace) -> bool:
-    """Whether the space's base network is EfficientNet-B0 itself (what timm and torchvision scale)."""
-    from scalesearch.families.efficientnet import EfficientNetFamily
-
-    family = space.family
-    if not isinstance(family, EfficientNetFamily):
-        return False
-    table = tuple((s.expand, s.kernel, s.stride, s.channels, s.repeats) for s in family.stage_table)
-    return table == B0_STAGES and (family.stem_channels, family.head_channels) == (32, 1280)
+def _checked_inline_stages(
+    stages: list[tuple[str, int, int]] | None, variants: Sequence[dict[str, Any]], divisor: int
+) -> list[tuple[str, int, int]] | None:
+    """The family's inline base stages when the inline rule reproduces every variant's stages, else None."""
+    if stages is None:
+        return None
+    for variant in variants:
+        if _scale_inline(stages, variant["width_mult"], variant["depth_mult"], divisor) != variant["stages"]:
+            return None  # the family rounds differently from the inline rule: leave stages out
+    return stages
 
 
 def rule_export(run: Run) -> dict[str, Any]:
@@ -375,14 +75,8 @@ def rule_export(run: Run) -> dict[str, Any]:
         raise UserError(f"{run.path / 'family.json'} not found: the run did not finish writing its family")
     space = run_space(run)
     family = run.family
-    divisor = int(getattr(space.family, "channel_divisor", 8))
-    stages = inline_stages(space)
-    if stages is not None:
-        for variant in family["variants"]:
-            width, depth = variant["width_mult"], variant["depth_mult"]
-            if _scale_inline(stages, width, depth, divisor) != variant["stages"]:
-                stages = None  # the family rounds differently from the inline rule: leave stages out
-                break
+    divisor = space.family.channel_divisor
+    stages = _checked_inline_stages(space.family.inline_stages(), family["variants"], divisor)
     rule = space.base.dropout
     dropout = {"base": rule.base, "increment": rule.increment, "every_phi": rule.every_phi, "max": rule.maximum}
     return {
@@ -392,7 +86,7 @@ def rule_export(run: Run) -> dict[str, Any]:
         "coefficients": family["coefficients"],
         "space": family["space"],
         "family": family["family"],
-        "base_is_efficientnet_b0": _is_b0(space),
+        "base_is_efficientnet_b0": space.family.is_efficientnet_b0(),
         "source": {
             "run": run.path.name,
             "dataset": run.best.get("dataset"),
@@ -429,74 +123,82 @@ def _rule_line(data: dict[str, Any]) -> str:
 
 def render_export(data: dict[str, Any], fmt: str) -> str:
     """The exported rule as 'json', 'yaml', 'python' (a standalone module), 'timm' or 'torchvision'."""
-    if fmt == "json":
-        return json.dumps(data, indent=2) + "\n"
-    if fmt == "yaml":
-        import yaml
-
-        return f"# {_rule_line(data)}\n" + str(yaml.safe_dump(data, sort_keys=False))
+    # YAML carries the rule line as a comment (JSON has no comments; the other formats state it themselves).
+    as_data = render_data(data, fmt, comment=_rule_line(data) if fmt == "yaml" else "")
+    if as_data is not None:
+        return as_data
     if fmt == "python":
         return _python_module(data)
-    if fmt in ("timm", "torchvision"):
+    if fmt in LIBRARY_USAGE:
         return _library_arguments(data, fmt)
     raise UserError(f"unknown export format {fmt!r} (choose from {', '.join(EXPORT_FORMATS)})")
 
 
+# Per library: how to build a variant with that library's builder (the family declares which
+# libraries build it: Family.library_builders).
+LIBRARY_USAGE = {
+    "timm": [
+        "from timm.models.efficientnet import _gen_efficientnet",
+        "v = <one entry of variants>",
+        'model = _gen_efficientnet("efficientnet_b0", pretrained=False, num_classes=..., **v["kwargs"])',
+        'train and evaluate at v["input_size"] (timm rounds channels with divisor 8 and repeats with ceil)',
+    ],
+    "torchvision": [
+        "from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf",
+        "v = <one entry of variants>",
+        'setting, last_channel = _efficientnet_conf("efficientnet_b0", **v["conf_kwargs"])',
+        'model = EfficientNet(setting, v["dropout"], last_channel=last_channel, num_classes=...)',
+        'train and evaluate at v["resolution"] px (torchvision sizes the head as 4 x the last stage)',
+    ],
+}
+
+
+def _library_variant(library: str, v: dict[str, Any]) -> dict[str, Any]:
+    """One exported variant as `library`'s builder takes it (resolution beside, as an input size)."""
+    if library == "timm":
+        return {
+            "name": v["name"],
+            "phi": v["phi"],
+            "kwargs": {
+                "channel_multiplier": v["width_mult"],
+                "depth_multiplier": v["depth_mult"],
+                "drop_rate": v["dropout"],
+            },
+            "input_size": [3, v["resolution"], v["resolution"]],
+        }
+    return {
+        "name": v["name"],
+        "phi": v["phi"],
+        "conf_kwargs": {"width_mult": v["width_mult"], "depth_mult": v["depth_mult"]},
+        "dropout": v["dropout"],
+        "resolution": v["resolution"],
+    }
+
+
 def _library_arguments(data: dict[str, Any], library: str) -> str:
-    """Per variant, the keyword arguments timm's or torchvision's EfficientNet builder takes, as YAML.
+    """Per variant, the keyword arguments timm's or torchvision's builder takes, as YAML.
 
     Data only: neither library is imported. Resolution is an input size (a transform), not a model
-    argument, so it is listed beside the arguments.
+    argument, so it is listed beside the arguments. UserError for a family no such builder builds.
     """
     import yaml
 
-    if data["family"] != "efficientnet":
-        raise UserError(f"--format {library} applies to EfficientNet spaces; this run's family is {data['family']}")
-    if library == "timm":
-        variants = [
-            {
-                "name": v["name"],
-                "phi": v["phi"],
-                "kwargs": {
-                    "channel_multiplier": v["width_mult"],
-                    "depth_multiplier": v["depth_mult"],
-                    "drop_rate": v["dropout"],
-                },
-                "input_size": [3, v["resolution"], v["resolution"]],
-            }
-            for v in data["variants"]
-        ]
-        usage = [
-            "from timm.models.efficientnet import _gen_efficientnet",
-            "v = <one entry of variants>",
-            'model = _gen_efficientnet("efficientnet_b0", pretrained=False, num_classes=..., **v["kwargs"])',
-            'train and evaluate at v["input_size"] (timm rounds channels with divisor 8 and repeats with ceil)',
-        ]
-    else:
-        variants = [
-            {
-                "name": v["name"],
-                "phi": v["phi"],
-                "conf_kwargs": {"width_mult": v["width_mult"], "depth_mult": v["depth_mult"]},
-                "dropout": v["dropout"],
-                "resolution": v["resolution"],
-            }
-            for v in data["variants"]
-        ]
-        usage = [
-            "from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf",
-            "v = <one entry of variants>",
-            'setting, last_channel = _efficientnet_conf("efficientnet_b0", **v["conf_kwargs"])',
-            'model = EfficientNet(setting, v["dropout"], last_channel=last_channel, num_classes=...)',
-            'train and evaluate at v["resolution"] px (torchvision sizes the head as 4 x the last stage)',
-        ]
+    from scalesearch.families import available_families, get_family
+
+    if library not in get_family(data["family"]).library_builders:
+        built = [name for name in available_families() if library in get_family(name).library_builders]
+        raise UserError(
+            f"--format {library} applies to spaces of the {' or '.join(built)} family; this run's family is "
+            f"{data['family']}"
+        )
     header = [f"{library} arguments for the {data['space']} family found by scalesearch", _rule_line(data)]
     if not data["base_is_efficientnet_b0"]:
         header.append(
             f"NOTE: this space's base is not EfficientNet-B0, but {library}'s builder scales B0: the "
             "multipliers carry over, the architecture does not"
         )
-    header += ["usage:", *(f"  {line}" for line in usage)]
+    header += ["usage:", *(f"  {line}" for line in LIBRARY_USAGE[library])]
+    variants = [_library_variant(library, v) for v in data["variants"]]
     body = {"library": library, "rule": data["rule"], "coefficients": data["coefficients"], "variants": variants}
     return "".join(f"# {line}\n" for line in header) + str(yaml.safe_dump(body, sort_keys=False))
 

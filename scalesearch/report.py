@@ -4,8 +4,8 @@ It leads with the answer (the chosen coefficients, how sure the choice is, the c
 then how the search went, then the frontier across budgets (validation.png, when `scalesearch
 validate` has run), the search's own views, and the scaled family. Everything comes from the run
 folder, read through `scalesearch.runs` (and validation.csv through `scalesearch.validate`, its
-owner); the tables are built by functions that return rows, so tests check the data. Images are
-linked by relative path, so the report renders wherever the folder is browsed.
+owner, and `scalesearch.verdict`); the tables are built by functions that return rows, so tests check
+the data. Images are linked by relative path, so the report renders wherever the folder is browsed.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import pandas as pd
 from scalesearch import runs
 from scalesearch.runs import Run, read_json, read_run
 from scalesearch.tables import markdown_table
+from scalesearch.validate import VALIDATION_PNG
 
 REPORT_MD = "report.md"
-VALIDATION_PNG = "validation.png"  # written by `scalesearch validate` beside runs.VALIDATION_CSV
 RUN_FILES = {
     runs.TRIALS: "every trained network and seed: requested and realized shares, measured cost, accuracy",
     runs.BEST: "the chosen coefficients, the confirmed candidates with mean ± std and the tie region",
@@ -67,7 +67,7 @@ def _duration(manifest: Mapping[str, Any]) -> str:
 
 def _budget(best: Mapping[str, Any]) -> str:
     """The search's budget band, e.g. '2× the base FLOPs ± 10%'."""
-    from scalesearch.plots import cost_word
+    from scalesearch.views import cost_word
 
     target, tolerance = best.get("target"), best.get("tolerance")
     if target is None:
@@ -79,7 +79,8 @@ def _budget(best: Mapping[str, Any]) -> str:
 
 def validation_verdict(run: Run) -> pd.DataFrame | None:
     """validate's verdict table (compound minus the best baseline, per phi); None before validate ran."""
-    from scalesearch.validate import load_validation, summarize, verdict
+    from scalesearch.validate import load_validation
+    from scalesearch.verdict import summarize, verdict
 
     if not (run.path / runs.VALIDATION_CSV).is_file():
         return None
@@ -93,7 +94,7 @@ def validation_verdict(run: Run) -> pd.DataFrame | None:
 def answer_section(run: Run) -> str:
     """The chosen coefficients, the network they come from, best.json's verdict line, and, when
     the confirmed candidates cannot be told apart, a plain statement that they cannot."""
-    from scalesearch.plots import cost_word
+    from scalesearch.views import cost_word
 
     best = run.best
     alpha, beta, gamma = (float(best[k]) for k in ("alpha", "beta", "gamma"))
@@ -273,7 +274,8 @@ def search_section(run: Run, trials: pd.DataFrame) -> str:
 
 def validation_section(run: Run) -> str:
     """The frontier across budgets (validation.png first), the verdict per phi, or how to get them."""
-    from scalesearch.validate import VERDICT_COLUMNS, load_validation, verdict_note, verdict_records
+    from scalesearch.validate import load_validation
+    from scalesearch.verdict import VERDICT_COLUMNS, verdict_note, verdict_records
 
     table = validation_verdict(run)
     if table is None:
@@ -384,7 +386,7 @@ def family_section(family: Mapping[str, Any]) -> str:
 
 def build_report(run: Run) -> str:
     """The report's Markdown; links the plots that exist in the run folder (`write_report` draws them)."""
-    from scalesearch.plots import trials_frame
+    from scalesearch.views import trials_frame
 
     trials = trials_frame(run.trials())
     parts = [
@@ -416,7 +418,8 @@ def draw_plots(run: Run) -> None:
         plot_search([run.path], run.path / runs.SEARCH_PNG)
         plot_frontier([run.path], run.path / runs.FRONTIER_PNG)
     if (run.path / runs.VALIDATION_CSV).is_file():
-        from scalesearch.validate import load_validation, summarize
+        from scalesearch.validate import load_validation
+        from scalesearch.verdict import summarize
 
         title = f"Accuracy vs measured FLOPs across φ: {run.path.name}"
         plot_validation(summarize(load_validation(run.path)), run.path / VALIDATION_PNG, title=title)

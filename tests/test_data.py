@@ -14,9 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from scalesearch import data
+from scalesearch import data, datacache
 from scalesearch.cli import main
-from scalesearch.data import augment_batch, load_dataset, resized_images, split_dataset
+from scalesearch.data import load_dataset
+from scalesearch.dataprep import augment_batch, resized_images, split_dataset
 from scalesearch.errors import UserError
 
 
@@ -384,17 +385,17 @@ def test_synthetic_bad_seed_and_absurd_size_are_one_line_errors(
 
 
 def test_size_guard_compares_with_available_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "available_memory", lambda: 1_000_000_000)
+    monkeypatch.setattr(datacache, "available_memory", lambda: 1_000_000_000)
     # 20,000 × 3 × 128 × 128 = 983 MB, more than half of 1 GB.
     with pytest.raises(UserError, match=r"take 983 MB as uint8, more than 50% of the 1 GB of memory available"):
         load_dataset("synthetic:n=20000,size=128")
     # 400 MB is allowed; resizing it up to 4× the pixels is not.
     images = torch.zeros((1000, 1, 8, 8), dtype=torch.uint8)
     small = data.Dataset(images=images, labels=torch.zeros(1000, dtype=torch.int64), class_names=["a", "b"], spec="s")
-    monkeypatch.setattr(data, "available_memory", lambda: 1_000_000)
+    monkeypatch.setattr(datacache, "available_memory", lambda: 1_000_000)
     with pytest.raises(UserError, match=r"s at 32 px: 1,000 images of 1×32×32 pixels take 1.02 MB"):
         resized_images(small, 32)
-    monkeypatch.setattr(data, "available_memory", lambda: None)  # unknown: no guard
+    monkeypatch.setattr(datacache, "available_memory", lambda: None)  # unknown: no guard
     assert resized_images(small, 32).shape == (1000, 1, 32, 32)
 
 
@@ -419,7 +420,7 @@ def test_synthetic_generation_never_holds_float_copies(monkeypatch: pytest.Monke
     """Peak traced memory stays near the uint8 size (the old generator peaked at ~25×)."""
     import tracemalloc
 
-    monkeypatch.setattr(data, "_CHUNK_BYTES", 2**20)
+    monkeypatch.setattr(datacache, "CHUNK_BYTES", 2**20)
     uint8_size = 2000 * 3 * 32 * 32
     tracemalloc.start()
     try:
@@ -437,7 +438,7 @@ def test_chunking_changes_no_pixel_and_no_statistic(monkeypatch: pytest.MonkeyPa
     whole_split = split_dataset(whole, val_fraction=0.2, seed=0)
     whole_small = resized_images(whole, 7)
     data.clear_dataset_cache()
-    monkeypatch.setattr(data, "_CHUNK_BYTES", 3000)  # a few images per chunk
+    monkeypatch.setattr(datacache, "CHUNK_BYTES", 3000)  # a few images per chunk
     chunked = load_dataset(spec)
     assert chunked is not whole and torch.equal(chunked.images, whole.images)
     split = split_dataset(chunked, val_fraction=0.2, seed=0)
@@ -463,7 +464,7 @@ def test_split_and_resize_make_no_float_copy_of_the_dataset(monkeypatch: pytest.
                 self.most = max(self.most, int(out.shape[0]))
             return out
 
-    monkeypatch.setattr(data, "_CHUNK_BYTES", 4 * 3 * 16 * 16 * 50)  # 50 float images per chunk
+    monkeypatch.setattr(datacache, "CHUNK_BYTES", 4 * 3 * 16 * 16 * 50)  # 50 float images per chunk
     dataset = load_dataset("synthetic:n=400,classes=4,size=16,channels=3")
     with FloatImages() as watch:
         split_dataset(dataset, val_fraction=0.2, seed=0)
@@ -473,7 +474,7 @@ def test_split_and_resize_make_no_float_copy_of_the_dataset(monkeypatch: pytest.
 
 @linux_only
 def test_big_arrays_are_memory_mapped_from_one_shared_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "SHARE_MIN_BYTES", 0)
+    monkeypatch.setattr(datacache, "SHARE_MIN_BYTES", 0)
     spec = "synthetic:n=200,classes=4,size=16,channels=1"
     first = load_dataset(spec)
     native = _mapped_file(first.images)
@@ -497,7 +498,7 @@ def test_big_arrays_are_memory_mapped_from_one_shared_file(tmp_path: Path, monke
 def test_npz_is_cached_as_a_shared_copy_and_a_changed_file_is_read_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(data, "SHARE_MIN_BYTES", 0)
+    monkeypatch.setattr(datacache, "SHARE_MIN_BYTES", 0)
     path = tmp_path / "d.npz"
     x = np.random.default_rng(0).integers(0, 256, size=(20, 6, 6), dtype=np.uint8)
     np.savez(path, x=x, y=np.arange(20) % 2)
@@ -550,11 +551,11 @@ def test_damaged_folder_cache_is_rebuilt(tmp_path: Path, victim: str, damage: by
     assert torch.equal(second.images, first.images) and second.class_names == first.class_names
     # Rebuilt: a third load reads a valid entry again.
     data.clear_dataset_cache()
-    assert data._read_entry(str(cache), target.name.split(".")[0]) is not None
+    assert datacache.read_entry(str(cache), target.name.split(".")[0]) is not None
 
 
 def test_damaged_resized_copy_is_rebuilt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(data, "SHARE_MIN_BYTES", 0)
+    monkeypatch.setattr(datacache, "SHARE_MIN_BYTES", 0)
     dataset = load_dataset("synthetic:n=100,classes=2,size=16,channels=1")
     expected = resized_images(dataset, 10).clone()
     (copy,) = (tmp_path / "cache").glob("*.r10.npy")
@@ -585,11 +586,11 @@ def test_processes_that_ask_at_once_build_a_shared_copy_once(tmp_path: Path) -> 
         built.append(1)
         return [np.full(shape, 7, np.uint8)]
 
-    with data._build_lock(path):
-        waiter = threading.Thread(target=lambda: results.append(data._materialize(path, shape, chunks)))
+    with datacache._build_lock(path):
+        waiter = threading.Thread(target=lambda: results.append(datacache.materialize(path, shape, chunks)))
         waiter.start()
         waiter.join(0.3)
         assert waiter.is_alive()  # blocked on the lock
-        data._write_npy(path, shape, [np.full(shape, 5, np.uint8)])
+        datacache.write_npy(path, shape, [np.full(shape, 5, np.uint8)])
     waiter.join(10)
     assert built == [] and int(results[0][0, 0, 0, 0]) == 5

@@ -6,7 +6,7 @@ import torch
 from scalesearch.cost import count_params, measure_cost
 from scalesearch.errors import UserError
 from scalesearch.families import Family, ModelSpec, available_families, get_family, register_family
-from scalesearch.families.efficientnet import scale_stage_depths
+from scalesearch.families.architecture import scale_stage_depths
 from scalesearch.spaces import load_space
 
 # torchvision efficientnet_b0..b7 (REFERENCE.md): exact parameter counts at 1000 classes, 3 channels.

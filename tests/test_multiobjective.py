@@ -10,9 +10,9 @@ import pytest
 
 from scalesearch import runs
 from scalesearch.cli import main
-from scalesearch.plots import front_rows, frontier_cost, pareto_front
 from scalesearch.proposals import StudyProposer, sampler_kind
 from scalesearch.scaling import Shares
+from scalesearch.views import front_rows, frontier_cost, pareto_front
 
 TINY = str(Path(__file__).parent / "data" / "tiny_space.yaml")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from scalesearch import planner
-from scalesearch.export import family_table
+from scalesearch.family_table import family_table
 from scalesearch.scaling import Coefficients, Shares, share_distance, simplex_lattice
 from scalesearch.spaces import load_space
 

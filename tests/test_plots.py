@@ -13,15 +13,13 @@ import pytest
 
 from scalesearch import runs
 from scalesearch.cli import main
-from scalesearch.plots import (
+from scalesearch.plots import plot_frontier, plot_search, plot_validation
+from scalesearch.views import (
     budget_band,
     budget_strip,
     convex_hull,
     frontier_cost,
     pareto_front,
-    plot_frontier,
-    plot_search,
-    plot_validation,
     read_view,
     search_view,
     simplex_points,

@@ -10,8 +10,8 @@ import pytest
 
 from scalesearch import runs
 from scalesearch.cli import main
-from scalesearch.plots import trials_frame
 from scalesearch.report import certainty_note, confirm_rows, family_rows, search_rows
+from scalesearch.views import trials_frame
 
 RUN_TINY = Path(__file__).parent / "data" / "run_tiny"
 LINK = re.compile(r"\]\(([^)\s]+)\)")

@@ -18,17 +18,10 @@ from torch.utils._pytree import tree_flatten
 
 from scalesearch import train
 from scalesearch.data import Dataset, load_dataset
+from scalesearch.layout import LAYOUTS, _store_layout, clear_layout_cache
+from scalesearch.optimizer import lr_at, make_optimizer
 from scalesearch.recipe import Recipe
-from scalesearch.train import (
-    LAYOUTS,
-    EpochMetrics,
-    TrainingDiverged,
-    _lr_at,
-    _make_optimizer,
-    _store_layout,
-    clear_layout_cache,
-    train_model,
-)
+from scalesearch.train import EpochMetrics, TrainingDiverged, train_model
 
 
 @pytest.fixture(autouse=True)
@@ -167,22 +160,22 @@ def test_tiny_dataset_smaller_than_a_batch(tmp_path: object) -> None:
 def test_learning_rate_schedules() -> None:
     cosine = Recipe(lr=0.1, epochs=10, warmup_epochs=1.0)
     steps, warmup = 100, 10
-    assert _lr_at(0, steps, warmup, cosine) == pytest.approx(0.01)
-    assert _lr_at(9, steps, warmup, cosine) == pytest.approx(0.1)
-    assert _lr_at(10, steps, warmup, cosine) == pytest.approx(0.1)
-    assert _lr_at(55, steps, warmup, cosine) == pytest.approx(0.05)
-    assert _lr_at(99, steps, warmup, cosine) < 0.001
+    assert lr_at(0, steps, warmup, cosine) == pytest.approx(0.01)
+    assert lr_at(9, steps, warmup, cosine) == pytest.approx(0.1)
+    assert lr_at(10, steps, warmup, cosine) == pytest.approx(0.1)
+    assert lr_at(55, steps, warmup, cosine) == pytest.approx(0.05)
+    assert lr_at(99, steps, warmup, cosine) < 0.001
 
     onecycle = dataclasses.replace(cosine, schedule="onecycle")
-    assert _lr_at(0, steps, warmup, onecycle) == pytest.approx(0.004 + 0.096 / 10)
-    assert _lr_at(9, steps, warmup, onecycle) == pytest.approx(0.1)
-    assert _lr_at(100, steps, warmup, onecycle) == pytest.approx(1e-5)
+    assert lr_at(0, steps, warmup, onecycle) == pytest.approx(0.004 + 0.096 / 10)
+    assert lr_at(9, steps, warmup, onecycle) == pytest.approx(0.1)
+    assert lr_at(100, steps, warmup, onecycle) == pytest.approx(1e-5)
     # Without warm-up the first step already runs at the peak.
-    assert _lr_at(0, steps, 0, Recipe(warmup_epochs=0.0)) == pytest.approx(0.1)
+    assert lr_at(0, steps, 0, Recipe(warmup_epochs=0.0)) == pytest.approx(0.1)
 
 
 def test_weight_decay_skips_norms_and_biases() -> None:
-    optimizer = _make_optimizer(tiny_net(), Recipe(weight_decay=0.01))
+    optimizer = make_optimizer(tiny_net(), Recipe(weight_decay=0.01))
     decayed, plain = optimizer.param_groups
     assert decayed["weight_decay"] == 0.01 and all(p.ndim >= 2 for p in decayed["params"])
     assert plain["weight_decay"] == 0.0 and all(p.ndim == 1 for p in plain["params"])

@@ -22,16 +22,8 @@ from scalesearch.planner import realizable_set
 from scalesearch.runner import Outcome
 from scalesearch.scaling import Shares, share_distance
 from scalesearch.spaces import load_space
-from scalesearch.validate import (
-    FAR_FROM_PURE,
-    VALIDATION_COLUMNS,
-    Planned,
-    baseline_shares,
-    plan_validation,
-    summarize,
-    validation_rows,
-    verdict,
-)
+from scalesearch.validate import VALIDATION_COLUMNS, Planned, baseline_shares, plan_validation, validation_rows
+from scalesearch.verdict import FAR_FROM_PURE, summarize, verdict
 
 TINY = str(Path(__file__).parent / "data" / "tiny_space.yaml")
 DIGITS = {"num_classes": 10, "in_channels": 1}

@@ -40,7 +40,8 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
 
 def describe(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     """What the dataset and its split hold, as plain data (the JSON output)."""
-    from scalesearch.data import load_dataset, split_dataset
+    from scalesearch.data import load_dataset
+    from scalesearch.dataprep import split_dataset
     from scalesearch.recipe import Recipe
 
     overrides = {"val_fraction": args.val_fraction, "split_seed": args.split_seed}

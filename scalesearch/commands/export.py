@@ -23,8 +23,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from scalesearch.export import EXPORT_FORMATS, read_run, render_export, rule_export
+    from scalesearch.export import EXPORT_FORMATS, render_export, rule_export
     from scalesearch.results import write_or_print
+    from scalesearch.runs import read_run
 
     if args.format not in EXPORT_FORMATS:
         raise UserError(f"unknown export format {args.format!r} (choose from {', '.join(EXPORT_FORMATS)})")

@@ -11,6 +11,8 @@ from scalesearch.errors import UserError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from scalesearch.family_table import FORMATS
+
     parser = subparsers.add_parser(
         "family",
         help="scale a base network into a family (B0..B7) and measure params and FLOPs",
@@ -41,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="store_true",
         help="the pure compound rule, without planning each variant onto its FLOPs budget (target^phi ± tolerance)",
     )
-    parser.add_argument("--format", choices=["table", "json", "yaml", "markdown"], default="table")
+    parser.add_argument("--format", choices=FORMATS, default="table")
     parser.add_argument("--out", metavar="FILE", help="write to FILE (atomically) instead of standard output")
     return parser
 
@@ -64,7 +66,7 @@ def read_best(run_dir: str) -> tuple[dict, str | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scalesearch.export import family_table, render_family
+    from scalesearch.family_table import family_table, render_family
     from scalesearch.results import write_or_print
     from scalesearch.scaling import Coefficients, parse_phis
     from scalesearch.spaces import DEFAULT_SPACE, load_space

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import sys
@@ -14,11 +13,9 @@ from scalesearch.commands.data import add_dataset_options
 from scalesearch.errors import UserError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from scalesearch.data import Dataset
     from scalesearch.planner import Network
-    from scalesearch.runner import TrainJob
+    from scalesearch.runner import Outcome, TrainJob
     from scalesearch.spaces import SearchSpace
 
 EPOCH_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds", "img/s"]
@@ -71,7 +68,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from scalesearch.data import load_dataset
-    from scalesearch.runner import train_job
 
     _check_flags(args)
     dataset_options = {"skip_bad_images": args.skip_bad_images, "cache_dir": args.cache_dir}
@@ -87,7 +83,26 @@ def run(args: argparse.Namespace) -> int:
     if args.device is not None:
         job = replace(job, device=args.device)
 
-    progress = _progress(int(job.recipe["epochs"]), enabled=args.format == "table")
+    outcome, epochs = _train(
+        job, dataset, progress=_progress(int(job.recipe["epochs"]), enabled=args.format == "table")
+    )
+    if outcome.status != "completed":
+        hint = "; try a lower learning rate" if outcome.error.startswith("diverged") else ""
+        print(f"scalesearch train: training failed: {outcome.error}{hint}", file=sys.stderr)
+        return 1
+    summary = _summary(job, network, described, outcome, epochs, skipped=len(dataset.skipped))
+    if args.format == "json":
+        print(json.dumps(summary, indent=2))
+    else:
+        print(_render(summary))
+    return 0
+
+
+def _train(job: TrainJob, dataset: Dataset, *, progress: Any) -> tuple[Outcome, list[Any]]:
+    """Train `job` on `dataset` through the runner, as a search trial; its outcome and per-epoch metrics."""
+    from scalesearch.data import standing_in
+    from scalesearch.runner import train_job
+
     epochs: list[Any] = []
 
     def on_epoch(accuracy: float, metrics: Any, costs: Any) -> None:
@@ -97,18 +112,22 @@ def run(args: argparse.Namespace) -> int:
             progress.update(1)
 
     try:
-        with _dataset_for(job, dataset):
+        # train_job loads its dataset by spec alone (TrainJob has no skip_bad_images or cache_dir), and
+        # load_dataset refuses a folder with unreadable files without that flag: lend it the one loaded here.
+        with standing_in(dataset, job.dataset):
             outcome = train_job(job, on_epoch)
     finally:
         if progress is not None:
             progress.close()
-    if outcome.status != "completed":
-        hint = "; try a lower learning rate" if outcome.error.startswith("diverged") else ""
-        print(f"scalesearch train: training failed: {outcome.error}{hint}", file=sys.stderr)
-        return 1
+    return outcome, epochs
 
+
+def _summary(
+    job: TrainJob, network: Network, described: dict[str, Any], outcome: Outcome, epochs: list[Any], *, skipped: int
+) -> dict[str, Any]:
+    """What `--format json` prints (and the table renders): the network, its cost, the run and each epoch."""
     spec = job.model_spec()
-    summary = {
+    return {
         **described,
         "dataset": job.dataset,
         "network": network.key,
@@ -136,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         "final_val_accuracy": outcome.accuracies[-1],
         "best_val_accuracy": max(outcome.accuracies),
         "seconds": round(outcome.seconds, 3),
-        "skipped_files": len(dataset.skipped),
+        "skipped_files": skipped,
         "epochs": [
             {
                 "epoch": m.epoch,
@@ -150,11 +169,6 @@ def run(args: argparse.Namespace) -> int:
             for m in epochs
         ],
     }
-    if args.format == "json":
-        print(json.dumps(summary, indent=2))
-    else:
-        print(_render(summary))
-    return 0
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -284,7 +298,7 @@ def _from_coefficients(args: argparse.Namespace, dataset: Dataset) -> tuple[Trai
     from scalesearch.runner import TrainJob
     from scalesearch.scaling import Coefficients
     from scalesearch.spaces import load_space
-    from scalesearch.validate import base_network
+    from scalesearch.validate import base_network, infeasible_reason
 
     space = load_space(args.space or "efficientnet_b0")
     phi = 1.0 if args.phi is None else args.phi
@@ -301,10 +315,7 @@ def _from_coefficients(args: argparse.Namespace, dataset: Dataset) -> tuple[Trai
             space, num_classes=dataset.num_classes, in_channels=dataset.in_channels, phi=phi, constraint=constraint
         )
         if not found.networks:
-            raise UserError(
-                f"no network of {space.name}'s proxy meets {space.target:g}^{phi:g} ± {space.tolerance:.0%} "
-                f"of the base's {constraint}"
-            )
+            raise UserError(infeasible_reason(space, phi, constraint))
         network = found.nearest(shares)
         described["requested_shares"] = asdict(shares)
         described["realized_shares"] = asdict(network.shares)
@@ -323,32 +334,6 @@ def _from_coefficients(args: argparse.Namespace, dataset: Dataset) -> tuple[Trai
         label="train",
     )
     return job, network, described
-
-
-@contextlib.contextmanager
-def _dataset_for(job: TrainJob, dataset: Dataset) -> Iterator[None]:
-    """Hand runner.train_job the dataset loaded here (with --skip-bad-images and --cache-dir).
-
-    train_job loads its dataset by spec alone (TrainJob has no skip_bad_images or cache_dir), and
-    load_dataset refuses a folder with unreadable files without that flag; its per-process cache is
-    keyed by (spec, skip_bad_images), so the copy loaded here stands under the key train_job asks for
-    while it trains.
-    """
-    from scalesearch import data
-
-    key = (job.dataset, False)
-    saved = data._DATASETS.get(key)
-    if saved is dataset:
-        yield
-        return
-    data._DATASETS[key] = dataset
-    try:
-        yield
-    finally:
-        if saved is None:
-            data._DATASETS.pop(key, None)
-        else:
-            data._DATASETS[key] = saved
 
 
 def _progress(total: int, *, enabled: bool) -> Any:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scalesearch.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -36,17 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from scalesearch.runs import read_run
     from scalesearch.scaling import parse_phis
-    from scalesearch.tables import text_table
-    from scalesearch.validate import (
-        VERDICT_COLUMNS,
-        ValidationOptions,
-        parse_baselines,
-        run_validation,
-        summarize,
-        verdict,
-        verdict_note,
-        verdict_records,
-    )
+    from scalesearch.validate import VALIDATION_CSV, ValidationOptions, parse_baselines, run_validation
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
@@ -65,11 +60,21 @@ def run(args: argparse.Namespace) -> int:
         rows = run_validation(run_folder, options)
     except KeyboardInterrupt:
         print(
-            f"scalesearch validate: interrupted; the finished jobs are in {run_folder.path / 'validation.csv'} "
+            f"scalesearch validate: interrupted; the finished jobs are in {run_folder.path / VALIDATION_CSV} "
             "(run validate again for the whole comparison)",
             file=sys.stderr,
         )
         return 130
+    _print_results(rows, run_folder.path)
+    return 0
+
+
+def _print_results(rows: pd.DataFrame, run_dir: Path) -> None:
+    """The summary per strategy and phi, the verdict per phi with how far to trust it, and what was written."""
+    from scalesearch.tables import text_table
+    from scalesearch.validate import VALIDATION_CSV, VALIDATION_PNG
+    from scalesearch.verdict import VERDICT_COLUMNS, summarize, verdict, verdict_note, verdict_records
+
     summary = summarize(rows)
 
     def decimals(value: float, places: int = 4) -> str:
@@ -93,5 +98,4 @@ def run(args: argparse.Namespace) -> int:
     failed = rows[rows["status"] == "failed"]
     if len(failed):
         print(f"{len(failed)} job(s) failed; see the error column of validation.csv")
-    print(f"wrote {run_folder.path / 'validation.csv'} and {run_folder.path / 'validation.png'}")
-    return 0
+    print(f"wrote {run_dir / VALIDATION_CSV} and {run_dir / VALIDATION_PNG}")

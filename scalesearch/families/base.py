@@ -41,6 +41,12 @@ class Family(ABC):
     """
 
     name: ClassVar[str]
+    # Channels are multiples of this (make_divisible). Families whose widths are not channels (ViT)
+    # keep the default, which is what an exported rule states for them.
+    channel_divisor: int = 8
+    # Libraries whose own builder of this family takes the exported multipliers (`scalesearch export
+    # --format timm|torchvision`); empty when no library builds it.
+    library_builders: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, architecture: Mapping[str, Any]) -> None:
         self.architecture = dict(architecture)
@@ -52,6 +58,19 @@ class Family(ABC):
     @abstractmethod
     def stages(self, spec: ModelSpec) -> list[StageInfo]:
         """The channels and repeats of each stage of `spec`, without building it."""
+
+    def inline_stages(self) -> list[tuple[str, int, int]] | None:
+        """The base stages as (name, channels, repeats) when the official rounding rules reproduce them.
+
+        Those rules are channels = make_divisible(c·w, channel_divisor), repeats = ceil(r·d), stem
+        and head kept at one: what an exported standalone module can compute inline. None (the
+        default) for a family that rounds otherwise; the module then leaves stages to its builder.
+        """
+        return None
+
+    def is_efficientnet_b0(self) -> bool:
+        """Whether the base network is EfficientNet-B0 itself (the network timm and torchvision scale)."""
+        return False
 
     def total_blocks(self, spec: ModelSpec) -> int:
         """Blocks in the scalable stages (stem and head excluded): the realized depth."""

@@ -16,10 +16,40 @@ import torch
 from torch import nn
 
 from scalesearch.errors import UserError
+from scalesearch.families.architecture import (
+    DEPTH_ROUNDING,
+    check_keys,
+    choice,
+    positive_int,
+    scale_stage_depths,
+    stage_rows,
+)
 from scalesearch.families.base import Family, ModelSpec, StageInfo, register_family
-from scalesearch.scaling import make_divisible, round_repeats
+from scalesearch.scaling import make_divisible
 
-DEPTH_ROUNDING = ("ceil", "total")
+# The stages of EfficientNet-B0 (Tan & Le 2019, Table 1) as (expand, kernel, stride, channels, repeats),
+# with stem 32 and head 1280: timm's and torchvision's B0..B7 builders scale exactly this network.
+B0_STAGES = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+)
+B0_STEM_HEAD = (32, 1280)
+ARCHITECTURE_KEYS = {
+    "stem_channels",
+    "head_channels",
+    "stages",
+    "se_ratio",
+    "stochastic_depth",
+    "channel_divisor",
+    "depth_rounding",
+    "stem_stride",
+    "strides",
+}
 
 
 @dataclass(frozen=True)
@@ -33,62 +63,9 @@ class MBConvStage:
     repeats: int  # blocks at depth 1.0
 
 
-def _positive_int(stage: Mapping[str, Any], key: str, where: str) -> int:
-    value = stage.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{where}: '{key}' must be a positive integer, got {value!r}")
-    return value
-
-
 def parse_stages(raw: Any) -> list[MBConvStage]:
     """Validate the `stages:` list of an EfficientNet architecture."""
-    if not isinstance(raw, list) or not raw:
-        raise UserError("architecture.stages must be a non-empty list of stages")
-    stages = []
-    for index, stage in enumerate(raw, start=1):
-        where = f"architecture.stages[{index}]"
-        if not isinstance(stage, Mapping):
-            raise UserError(f"{where} must be a mapping, got {type(stage).__name__}")
-        unknown = set(stage) - {"expand", "kernel", "stride", "channels", "repeats"}
-        if unknown:
-            raise UserError(f"{where}: unknown keys {sorted(unknown)}")
-        stages.append(
-            MBConvStage(
-                expand=_positive_int(stage, "expand", where),
-                kernel=_positive_int(stage, "kernel", where),
-                stride=_positive_int(stage, "stride", where),
-                channels=_positive_int(stage, "channels", where),
-                repeats=_positive_int(stage, "repeats", where),
-            )
-        )
-    return stages
-
-
-def scale_stage_depths(repeats: list[int], depth_mult: float, rounding: str) -> list[int]:
-    """Blocks per stage at `depth_mult`.
-
-    "ceil" is the official per-stage rule (B0..B7 need it). "total" rounds the total block count
-    to nearest and hands the blocks to the stages with the largest fractional parts, so the
-    realized depth follows the requested multiplier closely even on tiny proxies, where ceil of
-    a handful of blocks jumps by 30% or more.
-    """
-    if rounding == "ceil":
-        return [round_repeats(r, depth_mult) for r in repeats]
-    ideal = [r * depth_mult for r in repeats]
-    total = max(len(repeats), int(math.floor(sum(ideal) + 0.5)))
-    scaled = [max(1, int(math.floor(x))) for x in ideal]
-    # Largest remainders first, measured from what each stage already has (a stage lifted to its
-    # one-block minimum has a negative remainder); ties go to later stages, which carry the most channels.
-    order = sorted(range(len(ideal)), key=lambda i: (ideal[i] - scaled[i], i), reverse=True)
-    position = 0
-    while sum(scaled) < total:
-        scaled[order[position % len(order)]] += 1
-        position += 1
-    while sum(scaled) > total:
-        # Only possible when max(1, .) lifted stages; trim the largest stages.
-        largest = max(range(len(scaled)), key=lambda i: (scaled[i], i))
-        scaled[largest] -= 1
-    return scaled
+    return [MBConvStage(**row) for row in stage_rows(raw, ("expand", "kernel", "stride", "channels", "repeats"))]
 
 
 class SqueezeExcitation(nn.Module):
@@ -176,25 +153,14 @@ class EfficientNetModel(nn.Module):
 class EfficientNetFamily(Family):
     """EfficientNet built from a stage table; the B0 table lives in search_spaces/efficientnet_b0.yaml."""
 
+    library_builders = ("timm", "torchvision")
+
     def __init__(self, architecture: Mapping[str, Any]) -> None:
         super().__init__(architecture)
-        known = {
-            "stem_channels",
-            "head_channels",
-            "stages",
-            "se_ratio",
-            "stochastic_depth",
-            "channel_divisor",
-            "depth_rounding",
-            "stem_stride",
-            "strides",
-        }
-        unknown = set(architecture) - known
-        if unknown:
-            raise UserError(f"architecture: unknown keys for efficientnet: {sorted(unknown)}")
+        check_keys(architecture, ARCHITECTURE_KEYS, "architecture (efficientnet)")
         self.stage_table = parse_stages(architecture.get("stages"))
         # Proxies on tiny images keep more of the spatial map: fewer strides, same blocks otherwise.
-        self.stem_stride = _positive_int(
+        self.stem_stride = positive_int(
             {"stem_stride": architecture.get("stem_stride", 2)}, "stem_stride", "architecture"
         )
         strides = architecture.get("strides")
@@ -205,26 +171,39 @@ class EfficientNetFamily(Family):
                 MBConvStage(
                     s.expand,
                     s.kernel,
-                    _positive_int({"stride": v}, "stride", "architecture.strides"),
+                    positive_int({"stride": v}, "stride", "architecture.strides"),
                     s.channels,
                     s.repeats,
                 )
                 for s, v in zip(self.stage_table, strides)
             ]
-        self.stem_channels = _positive_int(architecture, "stem_channels", "architecture")
-        self.head_channels = _positive_int(architecture, "head_channels", "architecture")
+        self.stem_channels = positive_int(architecture, "stem_channels", "architecture")
+        self.head_channels = positive_int(architecture, "head_channels", "architecture")
         self.channel_divisor = int(architecture.get("channel_divisor", 8))
         self.se_ratio = float(architecture.get("se_ratio", 0.25))
         self.stochastic_depth = float(architecture.get("stochastic_depth", 0.2))
-        self.depth_rounding = str(architecture.get("depth_rounding", "ceil"))
+        self.depth_rounding = choice(architecture, "depth_rounding", DEPTH_ROUNDING, "ceil")
         if self.channel_divisor < 1:
             raise UserError("architecture.channel_divisor must be >= 1")
         if not 0.0 < self.se_ratio <= 1.0:
             raise UserError("architecture.se_ratio must be in (0, 1]")
         if not 0.0 <= self.stochastic_depth < 1.0:
             raise UserError("architecture.stochastic_depth must be in [0, 1)")
-        if self.depth_rounding not in DEPTH_ROUNDING:
-            raise UserError(f"architecture.depth_rounding must be one of {DEPTH_ROUNDING}")
+
+    def inline_stages(self) -> list[tuple[str, int, int]] | None:
+        """Stem, stage1..stageN and head at width and depth 1; None with depth_rounding "total"."""
+        if self.depth_rounding != "ceil":
+            return None
+        return (
+            [("stem", self.stem_channels, 1)]
+            + [(f"stage{i}", stage.channels, stage.repeats) for i, stage in enumerate(self.stage_table, start=1)]
+            + [("head", self.head_channels, 1)]
+        )
+
+    def is_efficientnet_b0(self) -> bool:
+        """Whether the stage table, stem and head are B0's (B0_STAGES, B0_STEM_HEAD)."""
+        table = tuple((s.expand, s.kernel, s.stride, s.channels, s.repeats) for s in self.stage_table)
+        return table == B0_STAGES and (self.stem_channels, self.head_channels) == B0_STEM_HEAD
 
     def _channels(self, base: int, spec: ModelSpec) -> int:
         return make_divisible(base * spec.width_mult, divisor=self.channel_divisor)

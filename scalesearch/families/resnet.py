@@ -29,9 +29,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from scalesearch.errors import UserError
+from scalesearch.families.architecture import (
+    DEPTH_ROUNDING,
+    check_keys,
+    choice,
+    positive_int,
+    scale_stage_depths,
+    stage_rows,
+)
 from scalesearch.families.base import Family, ModelSpec, StageInfo, register_family
-from scalesearch.families.efficientnet import DEPTH_ROUNDING, _positive_int, scale_stage_depths
 from scalesearch.scaling import make_divisible
 
 BLOCKS = ("basic", "bottleneck")
@@ -51,32 +57,7 @@ class ResNetStage:
 
 def parse_resnet_stages(raw: Any) -> list[ResNetStage]:
     """Validate the `stages:` list of a ResNet architecture."""
-    if not isinstance(raw, list) or not raw:
-        raise UserError("architecture.stages must be a non-empty list of stages")
-    stages = []
-    for index, stage in enumerate(raw, start=1):
-        where = f"architecture.stages[{index}]"
-        if not isinstance(stage, Mapping):
-            raise UserError(f"{where} must be a mapping, got {type(stage).__name__}")
-        unknown = set(stage) - {"channels", "repeats", "stride"}
-        if unknown:
-            raise UserError(f"{where}: unknown keys {sorted(unknown)} (known: channels, repeats, stride)")
-        stages.append(
-            ResNetStage(
-                channels=_positive_int(stage, "channels", where),
-                repeats=_positive_int(stage, "repeats", where),
-                stride=_positive_int(stage, "stride", where),
-            )
-        )
-    return stages
-
-
-def _choice(architecture: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str) -> str:
-    """A string option that must be one of `choices`."""
-    value = architecture.get(key, default)
-    if value not in choices:
-        raise UserError(f"architecture.{key} must be one of {', '.join(choices)}; got {value!r}")
-    return str(value)
+    return [ResNetStage(**row) for row in stage_rows(raw, ("channels", "repeats", "stride"))]
 
 
 def _conv_bn(in_ch: int, out_ch: int, kernel: int, stride: int = 1) -> list[nn.Module]:
@@ -149,16 +130,13 @@ class ResNetFamily(Family):
 
     def __init__(self, architecture: Mapping[str, Any]) -> None:
         super().__init__(architecture)
-        unknown = set(architecture) - ARCHITECTURE_KEYS
-        if unknown:
-            known = ", ".join(sorted(ARCHITECTURE_KEYS))
-            raise UserError(f"architecture: unknown keys for resnet: {sorted(unknown)} (known: {known})")
-        self.block = _choice(architecture, "block", BLOCKS, "basic")
-        self.stem = _choice(architecture, "stem", STEMS, "imagenet")
-        self.depth_rounding = _choice(architecture, "depth_rounding", DEPTH_ROUNDING, "ceil")
-        self.stem_channels = _positive_int(architecture, "stem_channels", "architecture")
+        check_keys(architecture, ARCHITECTURE_KEYS, "architecture (resnet)")
+        self.block = choice(architecture, "block", BLOCKS, "basic")
+        self.stem = choice(architecture, "stem", STEMS, "imagenet")
+        self.depth_rounding = choice(architecture, "depth_rounding", DEPTH_ROUNDING, "ceil")
+        self.stem_channels = positive_int(architecture, "stem_channels", "architecture")
         self.stage_table = parse_resnet_stages(architecture.get("stages"))
-        self.channel_divisor = _positive_int({"channel_divisor": 8, **architecture}, "channel_divisor", "architecture")
+        self.channel_divisor = positive_int({"channel_divisor": 8, **architecture}, "channel_divisor", "architecture")
 
     def _width(self, base: int, spec: ModelSpec) -> int:
         return make_divisible(base * spec.width_mult, divisor=self.channel_divisor)

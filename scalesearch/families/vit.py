@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from scalesearch.errors import UserError
+from scalesearch.families.architecture import DEPTH_ROUNDING, check_keys, choice, positive_int, scale_stage_depths
 from scalesearch.families.base import Family, ModelSpec, StageInfo, register_family
-from scalesearch.families.efficientnet import DEPTH_ROUNDING, _positive_int, scale_stage_depths
 
 ARCHITECTURE_KEYS = {"patch_size", "embed_dim", "depth", "head_dim", "mlp_ratio", "depth_rounding"}
 LAYER_NORM_EPS = 1e-6  # timm's and the original JAX ViT's epsilon
@@ -105,14 +105,11 @@ class ViTFamily(Family):
 
     def __init__(self, architecture: Mapping[str, Any]) -> None:
         super().__init__(architecture)
-        unknown = set(architecture) - ARCHITECTURE_KEYS
-        if unknown:
-            known = ", ".join(sorted(ARCHITECTURE_KEYS))
-            raise UserError(f"architecture: unknown keys for vit: {sorted(unknown)} (known: {known})")
-        self.patch_size = _positive_int(architecture, "patch_size", "architecture")
-        self.embed_dim = _positive_int(architecture, "embed_dim", "architecture")
-        self.depth = _positive_int(architecture, "depth", "architecture")
-        self.head_dim = _positive_int(architecture, "head_dim", "architecture")
+        check_keys(architecture, ARCHITECTURE_KEYS, "architecture (vit)")
+        self.patch_size = positive_int(architecture, "patch_size", "architecture")
+        self.embed_dim = positive_int(architecture, "embed_dim", "architecture")
+        self.depth = positive_int(architecture, "depth", "architecture")
+        self.head_dim = positive_int(architecture, "head_dim", "architecture")
         mlp_ratio = architecture.get("mlp_ratio", 4)
         if (
             isinstance(mlp_ratio, bool)
@@ -122,10 +119,7 @@ class ViTFamily(Family):
         ):
             raise UserError(f"architecture.mlp_ratio must be a positive number, got {mlp_ratio!r}")
         self.mlp_ratio = float(mlp_ratio)
-        depth_rounding = architecture.get("depth_rounding", "ceil")
-        if depth_rounding not in DEPTH_ROUNDING:
-            raise UserError(f"architecture.depth_rounding must be one of {', '.join(DEPTH_ROUNDING)}")
-        self.depth_rounding = str(depth_rounding)
+        self.depth_rounding = choice(architecture, "depth_rounding", DEPTH_ROUNDING, "ceil")
         if self.embed_dim % self.head_dim:
             raise UserError(
                 f"architecture.embed_dim ({self.embed_dim}) must be a multiple of head_dim ({self.head_dim})"
