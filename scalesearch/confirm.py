@@ -45,9 +45,10 @@ class Score:
         return statistics.stdev(self.accuracies) if self.n > 1 else None
 
 
-def scores(rows: Mapping[int, Mapping[str, Any]]) -> list[Score]:
-    """One Score per network with at least one completed trial, best mean first (then fewer FLOPs,
-    then the network's key, so the order never depends on floating-point noise alone)."""
+def scores(rows: Mapping[int, Mapping[str, Any]], *, cost: str = "flops") -> list[Score]:
+    """One Score per network with at least one completed trial, best mean first (then the lower
+    `cost` column, FLOPs by default, then the network's key, so the order never depends on
+    floating-point noise alone; a multi-objective search breaks ties on its own cost)."""
     grouped: dict[str, list[Mapping[str, Any]]] = {}
     seen: set[tuple[str, int]] = set()
     for number in sorted(rows):
@@ -74,7 +75,8 @@ def scores(rows: Mapping[int, Mapping[str, Any]]) -> list[Score]:
                 flops=int(first["flops"]),
             )
         )
-    found.sort(key=lambda s: (-s.mean, s.flops, s.network))
+    cost_of = {str(r["network"]): float(r.get(cost) or 0.0) for r in rows.values() if r.get("network")}
+    found.sort(key=lambda s: (-s.mean, cost_of.get(s.network, 0.0), s.flops, s.network))
     return found
 
 
@@ -115,10 +117,12 @@ class Decision:
         return len(self.tied) == 1 and self.pooled_std is not None
 
 
-def decide(rows: Mapping[int, Mapping[str, Any]], *, confirmed: Sequence[str] = ()) -> Decision | None:
+def decide(
+    rows: Mapping[int, Mapping[str, Any]], *, confirmed: Sequence[str] = (), cost: str = "flops"
+) -> Decision | None:
     """The best mean among `confirmed` networks (all completed networks when none were confirmed),
     and the tie region around it. None when nothing completed."""
-    ranked = scores(rows)
+    ranked = scores(rows, cost=cost)
     if not ranked:
         return None
     pool = [s for s in ranked if s.network in set(confirmed)] or ranked

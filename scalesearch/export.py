@@ -16,10 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from scalesearch.errors import UserError
-
-# family_table and render_family: re-exported until finish.py and commands/search.py import them from
-# scalesearch.family_table, their home.
-from scalesearch.family_table import family_table, render_data, render_family  # noqa: F401
+from scalesearch.family_table import render_data
 from scalesearch.runs import Run, run_space
 
 EXPORT_FORMATS = ("json", "yaml", "python", "timm", "torchvision")

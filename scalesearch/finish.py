@@ -25,7 +25,7 @@ def best_result(
 ) -> dict[str, Any]:
     """best.json: the chosen network's realized coefficients (normalised onto the constraint, with
     the measured ratio beside them), its mean ± spread, and the confirmed networks and tie region."""
-    decision = confirm.decide(rows, confirmed=confirmed)
+    decision = confirm.decide(rows, confirmed=confirmed, cost=settings.pareto_column())
     if decision is None:
         raise UserError("no trial finished training (see trials.csv); nothing to choose")
     chosen = decision.chosen
@@ -112,7 +112,7 @@ def finish_run(
     in_channels: int,
 ) -> dict[str, Any]:
     """Write best.json, family.json/.md, the plots and the final manifest; returns best.json."""
-    from scalesearch.export import family_table, render_family
+    from scalesearch.family_table import family_table, render_family
     from scalesearch.plots import plot_frontier, plot_search
 
     result = best_result(settings, space, found, rows, confirmed)

@@ -257,18 +257,13 @@ def realizable_set(
 
 
 def _enumerate(space: SearchSpace, *, num_classes: int, in_channels: int, phi: float, constraint: str) -> RealizableSet:
-    import torch
+    from scalesearch.cost import torch_threads
 
     # Counting is a stream of tiny forward passes: one thread is fastest, and on a loaded machine
     # more threads spin against each other (measured: 18 ms per count alone, 250 ms under load).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _enumerate_networks(
-            space, num_classes=num_classes, in_channels=in_channels, phi=phi, constraint=constraint
-        )
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(1):
+        return _enumerate_networks(space, num_classes=num_classes, in_channels=in_channels, phi=phi,
+                                   constraint=constraint)  # fmt: skip
 
 
 def _enumerate_networks(
@@ -343,7 +338,7 @@ def _identity(family: Family, spec: ModelSpec) -> tuple[Any, ...]:
 
 
 def _cache_path(space: SearchSpace, num_classes: int, in_channels: int, phi: float, constraint: str) -> str | None:
-    from scalesearch.data import default_cache_dir
+    from scalesearch.datacache import default_cache_dir
 
     try:
         with open(space.path, "rb") as handle:

@@ -123,44 +123,21 @@ def train_job(job: TrainJob, on_epoch: Callable[[float, Any, Mapping[str, Any]],
 
 
 def measure_job_costs(model: Any, spec: ModelSpec, job: TrainJob) -> dict[str, Any]:
-    """Activations, latency at batch 1 and THROUGHPUT_BATCH, and the peak memory of one training step
-    at the recipe's batch size, on the job's device and threads. An untrained copy: weights do not
-    change these."""
-    import torch
+    """Activations, latency at batch 1 and 32, and the peak memory of one training step at the
+    recipe's batch size, on the job's device and threads. An untrained copy: weights do not change
+    these."""
+    from scalesearch.cost import measure_runtime_costs, torch_threads
 
-    from scalesearch.cost import (
-        TIMING_REPEATS,
-        TIMING_WARMUP,
-        measure_activations,
-        measure_latency,
-        measure_train_memory,
-    )
-
-    throughput_batch = 32
-    image = {"resolution": spec.resolution, "in_channels": spec.in_channels}
-    memory_batch = int(job.recipe.get("batch_size", 32))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(job.threads)
-    try:
-        latency = {
-            batch: measure_latency(
-                model, **image, batch_size=batch, device=job.device, warmup=TIMING_WARMUP, repeats=TIMING_REPEATS
-            )
-            for batch in (1, throughput_batch)
-        }
-        memory = measure_train_memory(model, **image, batch_size=memory_batch, device=job.device)
-        activations = measure_activations(model, **image)
-    finally:
-        torch.set_num_threads(previous)
-    return {
-        "activations": activations,
-        "latency_batch1_s": latency[1],
-        "latency_throughput_s": latency[throughput_batch],
-        "throughput_batch": throughput_batch,
-        "peak_train_memory_bytes": memory,
-        "memory_batch": memory_batch,
-        "cost_device": job.device,
-    }
+    with torch_threads(job.threads):
+        costs = measure_runtime_costs(
+            model,
+            resolution=spec.resolution,
+            in_channels=spec.in_channels,
+            device=job.device,
+            latency_batch=32,
+            memory_batch=int(job.recipe.get("batch_size", 32)),
+        )
+    return {**costs, "cost_device": job.device}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -141,7 +141,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scalesearch.export import render_family
+    from scalesearch.family_table import render_family
     from scalesearch.search import run_search
 
     settings = settings_from_args(args)
