@@ -297,10 +297,10 @@ def _from_coefficients(args: argparse.Namespace, dataset: Dataset) -> tuple[Trai
     from scalesearch.recipe import Recipe
     from scalesearch.runner import TrainJob
     from scalesearch.scaling import Coefficients
-    from scalesearch.spaces import load_space
+    from scalesearch.spaces import DEFAULT_SPACE, load_space
     from scalesearch.validate import base_network, infeasible_reason
 
-    space = load_space(args.space or "efficientnet_b0")
+    space = load_space(args.space or DEFAULT_SPACE)
     phi = 1.0 if args.phi is None else args.phi
     constraint = args.constraint or str(space.search.get("constraint", "flops"))
     coefficients = Coefficients(args.alpha, args.beta, args.gamma)
