@@ -18,7 +18,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,15 @@ VALIDATION_CSV = "validation.csv"
 LOCK = ".lock"
 
 STATUSES = ("completed", "stopped", "failed")
+WORKER_COST_KEYS = (
+    "activations",
+    "latency_batch1_s",
+    "latency_throughput_s",
+    "throughput_batch",
+    "peak_train_memory_bytes",
+    "memory_batch",
+    "cost_device",
+)
 TRIAL_COLUMNS = [
     "trial",
     "stage",
@@ -81,13 +90,7 @@ TRIAL_COLUMNS = [
     "layout",
     "error",
     # Costs measured in the worker, once per network (copied to its other seeds).
-    "activations",
-    "latency_batch1_s",
-    "latency_throughput_s",
-    "throughput_batch",
-    "peak_train_memory_bytes",
-    "memory_batch",
-    "cost_device",
+    *WORKER_COST_KEYS,
     "pareto",
 ]
 INT_COLUMNS = {
@@ -105,15 +108,6 @@ INT_COLUMNS = {
 }
 TEXT_COLUMNS = {"stage", "status", "network", "constraint", "val_accuracies", "layout", "error", "cost_device"}
 BOOL_COLUMNS = {"pareto"}
-WORKER_COST_KEYS = (
-    "activations",
-    "latency_batch1_s",
-    "latency_throughput_s",
-    "throughput_batch",
-    "peak_train_memory_bytes",
-    "memory_batch",
-    "cost_device",
-)
 
 
 class RunWriteError(UserError):
@@ -200,18 +194,17 @@ def write_trials(path: Path, rows: Mapping[int, Mapping[str, Any]], *, pareto_co
 
 def write_text(path: Path, text: str) -> None:
     """atomic_write_text, with a failure turned into one clear line."""
-    try:
-        atomic_write_text(path, text)
-    except OSError as error:
-        raise RunWriteError(
-            f"cannot write {path}: {error.strerror or error}; what was written before is intact"
-        ) from None
+    _written(path, lambda: atomic_write_text(path, text))
 
 
 def write_json(path: Path, data: Any) -> None:
     """atomic_write_json, with a failure turned into one clear line."""
+    _written(path, lambda: atomic_write_json(path, data))
+
+
+def _written(path: Path, write: Callable[[], Any]) -> None:
     try:
-        atomic_write_json(path, data)
+        write()
     except OSError as error:
         raise RunWriteError(
             f"cannot write {path}: {error.strerror or error}; what was written before is intact"

@@ -38,22 +38,7 @@ IDENTITY_FIELDS = (
 RESOURCE_FIELDS = ("concurrency", "cpus_per_trial", "gpus_per_trial", "address", "max_failures")
 INTERFACE_FIELDS = ("out", "family_phis", "verbose", "quiet")
 # Fingerprint keys (space by content, not path), and the values older runs implicitly had.
-FINGERPRINT_KEYS = (
-    "space_sha256",
-    "dataset",
-    "sampler",
-    "trials",
-    "epochs",
-    "scheduler",
-    "seed",
-    "recipe",
-    "constraint",
-    "objective",
-    "phi",
-    "batch",
-    "confirm_top",
-    "confirm_seeds",
-)
+FINGERPRINT_KEYS = ("space_sha256", *IDENTITY_FIELDS[1:])
 FINGERPRINT_DEFAULTS = {"constraint": "flops", "objective": "accuracy"}
 
 
