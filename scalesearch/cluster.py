@@ -346,6 +346,17 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
+def check_local_resources(settings: ResourceSettings) -> None:
+    """UserError now, before any planning, when the search would run on this machine (no address)
+    and asks for more CPUs or GPUs than it has; a cluster's resources are checked when joining."""
+    if settings.address or os.environ.get("RAY_ADDRESS"):
+        return
+    import torch
+
+    local = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    _check_resources(settings, local, where="this machine")
+
+
 def _check_resources(settings: ResourceSettings, resources: Mapping[str, float], *, where: str) -> None:
     """UserError when concurrency x per-trial resources exceed what `where` has."""
     for name, per_trial, flag in (("CPU", settings.cpus_per_trial, "--cpus-per-trial"),

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from scalesearch import runs
-from scalesearch.cluster import absolute_dataset_spec, machine, ray_session, versions
+from scalesearch.cluster import absolute_dataset_spec, check_local_resources, machine, ray_session, versions
 from scalesearch.errors import UserError
 from scalesearch.planner import Network, RealizableSet, realizable_set
 from scalesearch.proposals import Proposer, make_proposer
@@ -232,6 +232,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, command: str =
     # A bad or absurd --family-phis fails now, not after the trials (sized with the centre's coefficients).
     centre = coefficients_from_shares(Shares(1 / 3, 1 / 3, 1 / 3), target=space.target)
     check_fits(space, centre, parse_phis(settings.family_phis))
+    check_local_resources(settings)
     dataset = load_dataset(settings.dataset)  # fail on bad data here, not in every worker
     progress = Progress("search", 0, quiet=settings.quiet)
     progress.show("planning", "measuring the realizable networks on the budget band")

@@ -152,4 +152,6 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_elsewhere(tmp_path: Path) -> 
         "--out", str(out), "--quiet")  # fmt: skip
     assert (out / "best.json").is_file()
     # The shipped default space, by name, outside any checkout.
-    assert "final val accuracy" in run(command, "train", "--alpha", "1", "--beta", "1", "--gamma", "1", "--epochs", "1")
+    assert "final val accuracy" in run(
+        command, "train", "--alpha", "1", "--beta", "1", "--gamma", "1", "--phi", "0", "--epochs", "1"
+    )  # fmt: skip  (φ = 0: the proxy base itself)
