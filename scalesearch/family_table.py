@@ -272,7 +272,7 @@ def _header(family: dict[str, Any]) -> str:
         return f"{family['space']}: {family['rule_description']}"
     return (
         f"{family['space']}: alpha={c['alpha']:.4g} beta={c['beta']:.4g} gamma={c['gamma']:.4g} "
-        f"(alpha*beta^2*gamma^2 = {c['product']:.4f}, target {c['target']:g}); rule: compound"
+        f"(alpha*beta^2*gamma^2 = {c['product']:.4f}, target {c['target']:g}); rule: {family['rule']}"
     )
 
 

@@ -35,8 +35,9 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from scalesearch.calibration import Calibrated, calibrate, check_fits, width_for  # noqa: F401  (re-exported)
@@ -151,7 +152,7 @@ class RealizableSet:
     phi: float
     constraint: str
 
-    @property
+    @cached_property
     def coverage(self) -> float:
         """The largest share distance from a point of the simplex to its nearest network (1.0: empty)."""
         if not self.networks:
@@ -416,7 +417,7 @@ def requested_shares(coefficients: Coefficients, target: float) -> Shares:
     return Shares(shares.depth / total, shares.width / total, shares.resolution / total)
 
 
-def describe(found: RealizableSet, base_flops: int | None = None) -> list[dict[str, Any]]:
+def describe(found: RealizableSet) -> list[dict[str, Any]]:
     """Rows for listing a realizable set: shares, multipliers and measured cost of each network."""
     rows = []
     for network in found.networks:
@@ -436,8 +437,3 @@ def describe(found: RealizableSet, base_flops: int | None = None) -> list[dict[s
             }
         )
     return rows
-
-
-def spread_points(found: RealizableSet, count: int) -> Sequence[Network]:
-    """An evenly spread subset of `count` networks (all when `count` is larger)."""
-    return found.spread(count)

@@ -201,6 +201,12 @@ class SearchState:
         return values
 
 
+def search_set(settings: SearchSettings, space: SearchSpace, dataset: Any) -> RealizableSet:
+    """The realizable networks a search with these settings trains on `dataset` (also `--dry-run`)."""
+    return realizable_set(space, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                          phi=settings.phi, constraint=settings.constraint)  # fmt: skip
+
+
 def search_total(settings: SearchSettings, found: RealizableSet) -> int:
     """Proposals of the search: --trials (grid: at most the realizable set)."""
     if settings.sampler == "grid":
@@ -236,13 +242,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, command: str =
     dataset = load_dataset(settings.dataset)  # fail on bad data here, not in every worker
     progress = Progress("search", 0, quiet=settings.quiet)
     progress.show("planning", "measuring the realizable networks on the budget band")
-    found = realizable_set(
-        space,
-        num_classes=dataset.num_classes,
-        in_channels=dataset.in_channels,
-        phi=settings.phi,
-        constraint=settings.constraint,
-    )
+    found = search_set(settings, space, dataset)
     if not found.networks:
         raise UserError(
             f"no network of {space.name}'s proxy meets {space.target:g}^{settings.phi:g} ± "
@@ -285,7 +285,6 @@ def run_search(settings: SearchSettings, *, resume: bool = False, command: str =
 def _manifest(
     settings: SearchSettings, command: str, resume: bool, where: str, dataset: Any, found: RealizableSet
 ) -> dict[str, Any]:
-    errors = [r for r in _share_errors(found)]
     return {
         "command": command,
         "settings": settings.to_dict(),
@@ -303,15 +302,8 @@ def _manifest(
             "phi": found.phi,
             "goal": found.goal,
             "tolerance": found.tolerance,
-            "worst_point_error": max(errors),
         },
     }
-
-
-def _share_errors(found: RealizableSet) -> list[float]:
-    from scalesearch.scaling import simplex_lattice
-
-    return [share_distance(p, found.nearest(p).shares) for p in simplex_lattice(0.05)]
 
 
 def _run_rounds(state: SearchState) -> float:

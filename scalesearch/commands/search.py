@@ -184,19 +184,14 @@ def run(args: argparse.Namespace) -> int:
 def dry_run(settings: Any) -> int:
     """Print the realizable networks on the budget band and how well they cover the simplex."""
     from scalesearch.data import load_dataset
-    from scalesearch.planner import describe, realizable_set
+    from scalesearch.planner import describe
+    from scalesearch.search import search_set
     from scalesearch.spaces import load_space
 
     settings.validate()
     space = load_space(settings.space_path)
     dataset = load_dataset(settings.dataset)
-    found = realizable_set(
-        space,
-        num_classes=dataset.num_classes,
-        in_channels=dataset.in_channels,
-        phi=settings.phi,
-        constraint=settings.constraint,
-    )
+    found = search_set(settings, space, dataset)
     rows = describe(found)
     columns = list(rows[0]) if rows else []
     print(
