@@ -154,11 +154,17 @@ def test_grpc_lookalike_is_abandoned_at_the_deadline(grpc_lookalike: str) -> Non
     assert time.monotonic() - start < 2.5
 
 
+def _sigint_default() -> None:
+    """A shell's background jobs inherit SIGINT ignored; a terminal's Ctrl-C reaches a process that has it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_interrupts_the_probe(grpc_lookalike: str) -> None:
     """Ctrl-C while Ray's GCS client waits on a service that never answers: the check stops at once."""
     code = f"from scalesearch.cluster import check_address; check_address({grpc_lookalike!r}, timeout=30)"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_sigint_default)  # fmt: skip
     time.sleep(1.5)  # well inside the probe (its imports take a fraction of a second)
     interrupted = time.monotonic()
     process.send_signal(signal.SIGINT)
@@ -204,7 +210,8 @@ def test_search_interrupted_while_probing_exits_130(grpc_lookalike: str, tmp_pat
     argv = [sys.executable, "-m", "scalesearch", "search", "--space", TINY_SPACE, "--address", grpc_lookalike,
             "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                               preexec_fn=_sigint_default)  # fmt: skip
     time.sleep(2)  # the CLI checks the address first; the probe waits PROBE_SECONDS on this service
     interrupted = time.monotonic()
     process.send_signal(signal.SIGINT)

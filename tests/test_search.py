@@ -189,7 +189,9 @@ def test_interrupted_search_resumes_to_the_uninterrupted_result(capsys, tmp_path
     out = tmp_path / "run"
     command = [sys.executable, "-m", "scalesearch.cli", "search", "--space", TINY, "--out", str(out),
                "--family-phis", "0-1", "--concurrency", "1", "--confirm-top", "0"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell's background jobs inherit SIGINT ignored; a terminal's Ctrl-C reaches a process that has it.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(read_rows(out) if (out / "trials.csv").exists() else {}) < 1:
         time.sleep(0.5)
