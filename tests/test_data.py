@@ -6,6 +6,8 @@ Also the split, the per-resolution resizing cache, augmentation, and every bad i
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,24 @@ def test_digits_is_sklearns_8x8_digits() -> None:
     assert int(dataset.images.max()) == 255
     assert dataset.augment_default is False  # a flipped digit is another digit
     assert load_dataset("digits") is dataset  # per-process cache
+
+
+def test_digits_match_sklearn_and_load_without_importing_it() -> None:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    expected = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    dataset = load_dataset("digits")
+    assert np.array_equal(dataset.images.numpy(), expected)
+    assert np.array_equal(dataset.labels.numpy(), bunch.target)
+    # A search worker loads digits too: importing scikit-learn would cost it about 1.3 s.
+    code = (
+        "import sys; from scalesearch.data import load_dataset; load_dataset('digits'); print('sklearn' in sys.modules)"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
 
 
 def test_synthetic_is_deterministic_by_seed_and_configurable() -> None:
@@ -164,7 +184,7 @@ def test_decoded_folder_is_cached_on_disk_keyed_by_content(tmp_path: Path, monke
     def no_decoding(*args: object) -> None:
         raise AssertionError("decoded again despite an up-to-date cache")
 
-    monkeypatch.setattr(data, "_decode_folder", no_decoding)
+    monkeypatch.setattr(data, "decode_folder", no_decoding)
     second = load_dataset(f"imagefolder:{root}", cache_dir=str(cache))
     assert torch.equal(first.images, second.images) and second.class_names == first.class_names
 
