@@ -87,10 +87,30 @@ def calibrate(
             space.scaled_spec(coefficients, t, num_classes=num_classes, in_channels=in_channels), dropout=rule.dropout
         )
 
-    def miss(spec: ModelSpec) -> float:
-        return measurer.macs(spec) / base_macs / goal - 1.0
+    def ratio(spec: ModelSpec) -> float:
+        return measurer.macs(spec) / base_macs
 
-    step = math.log(max(coefficients.product, 1.0 + 1e-6))
+    def miss(spec: ModelSpec) -> float:
+        return ratio(spec) / goal - 1.0
+
+    missed, t, spec = _along_rule(rule, phi, coefficients.product, at=at, miss=miss, band=band)
+    if missed > band:
+        spec = _finer_fit(space, spec, rule, goal, ratio=ratio, miss=miss)
+    return Calibrated(rule=rule, spec=spec, effective_phi=t)
+
+
+def _along_rule(
+    rule: ModelSpec,
+    phi: float,
+    product: float,
+    *,
+    at: Callable[[float], ModelSpec],
+    miss: Callable[[ModelSpec], float],
+    band: float,
+) -> tuple[float, float, ModelSpec]:
+    """The variant `at(t)` nearest its budget, as (|miss|, t, spec): Newton steps on t from φ along
+    the rule's direction, inside a shrinking bracket, until one is within `band` (12 steps at most)."""
+    step = math.log(max(product, 1.0 + 1e-6))
     t, spec = phi, rule
     best = (abs(miss(rule)), phi, rule)
     low, high = max(0.0, phi - 2.0), phi + 2.0
@@ -108,22 +128,34 @@ def calibrate(
         spec = at(t)
         if abs(miss(spec)) < best[0]:
             best = (abs(miss(spec)), t, spec)
-    _, t, spec = best
-    if best[0] > band:
-        # Whole blocks can straddle the band; channels are the finer knob, and when a channel step
-        # (a divisor of 8 across many blocks) is still too coarse, a few pixels of resolution are.
-        narrower = replace(spec, width_mult=spec.width_mult * 0.9)
-        widened = width_for(narrower, goal, measurer.macs(narrower) / base_macs, lambda s: measurer.macs(s) / base_macs)
-        options = [spec, *([widened] if widened else [])]
-        multiple = space.base.resolution_multiple
-        nudged = [
-            replace(option, resolution=option.resolution + step * multiple)
-            for option in options
-            for step in (0, -1, 1, -2, 2, -3, 3)
-            if option.resolution + step * multiple >= space.base.resolution
-        ]
-        spec = min(nudged, key=lambda s: (round(abs(miss(s)), 3), abs(s.resolution - rule.resolution)))
-    return Calibrated(rule=rule, spec=spec, effective_phi=t)
+    return best
+
+
+def _finer_fit(
+    space: SearchSpace,
+    spec: ModelSpec,
+    rule: ModelSpec,
+    goal: float,
+    *,
+    ratio: Callable[[ModelSpec], float],
+    miss: Callable[[ModelSpec], float],
+) -> ModelSpec:
+    """`spec`, or a variant of it by width and then a few pixels of resolution, nearest its budget
+    (ties: the resolution nearest the rule's).
+
+    Whole blocks can straddle the band; channels are the finer knob, and when a channel step (a
+    divisor of 8 across many blocks) is still too coarse, a few pixels of resolution are."""
+    narrower = replace(spec, width_mult=spec.width_mult * 0.9)
+    widened = width_for(narrower, goal, ratio(narrower), ratio)
+    options = [spec, *([widened] if widened else [])]
+    multiple = space.base.resolution_multiple
+    nudged = [
+        replace(option, resolution=option.resolution + step * multiple)
+        for option in options
+        for step in (0, -1, 1, -2, 2, -3, 3)
+        if option.resolution + step * multiple >= space.base.resolution
+    ]
+    return min(nudged, key=lambda s: (round(abs(miss(s)), 3), abs(s.resolution - rule.resolution)))
 
 
 def check_fits(

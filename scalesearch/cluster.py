@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from scalesearch.errors import UserError
+from scalesearch.errors import UserError, first_line
 
 if TYPE_CHECKING:
     from scalesearch.spaces import SearchSpace
@@ -303,7 +303,7 @@ def _init_ray(
             ray.init(address=access.address, logging_level=logging_level, log_to_driver=settings.verbose,
                      runtime_env=runtime_env)  # fmt: skip
         except Exception as error:
-            raise UserError(f"cannot join the Ray cluster at {access.address}: {_first_line(error)}") from None
+            raise UserError(f"cannot join the Ray cluster at {access.address}: {first_line(error)}") from None
         return access.address
     import torch
 
@@ -320,7 +320,7 @@ def _init_ray(
             runtime_env=runtime_env,
         )
     except Exception as error:
-        raise UserError(f"cannot start a local Ray: {_first_line(error)}") from None
+        raise UserError(f"cannot start a local Ray: {first_line(error)}") from None
     return "local (started by scalesearch, 127.0.0.1)"
 
 
@@ -338,12 +338,6 @@ def _set_auth_mode(mode: str | None) -> None:
         Config.initialize("")
     except (ImportError, AttributeError):
         pass
-
-
-def _first_line(error: BaseException) -> str:
-    """The error's type and the first line of its message."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def check_local_resources(settings: ResourceSettings) -> None:

@@ -20,13 +20,13 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 import numpy as np
 
 from scalesearch.errors import UserError
+from scalesearch.results import atomic_write
 
 # Image arrays at least this big are shared between processes through the memory-mapped disk cache;
 # smaller ones (digits, test-sized synthetic sets) cost less to rebuild than a file on disk.
@@ -145,7 +145,7 @@ def write_entry(
     try:
         write_npy(images_path, images.shape, [images])
         write_npy(labels_path, labels.shape, [labels], dtype=np.dtype(np.int64))
-        _atomic_write(meta_path, lambda handle: handle.write(json.dumps(record).encode("utf-8")))
+        atomic_write(meta_path, lambda handle: handle.write(json.dumps(record).encode("utf-8")))
     except OSError:
         return None  # an unwritable cache directory costs memory and time, not correctness
     return read_entry(cache_dir, name)
@@ -229,27 +229,7 @@ def write_npy(
         if rows != shape[0]:
             raise ValueError(f"{path}: wrote {rows} of {shape[0]} rows")
 
-    _atomic_write(path, write)
-
-
-def _atomic_write(path: str, write: Callable[[IO[bytes]], object]) -> None:
-    """Create `path` through `write(handle)` so readers see the old file or the whole new one, never a part."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        # mkstemp creates 0600; every process of the user (and a shared cache's group) reads the entry.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
+    atomic_write(path, write)
 
 
 def _remove(*paths: str) -> None:

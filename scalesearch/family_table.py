@@ -79,17 +79,7 @@ def family_table(
     plan = _FamilyPlan(space, coefficients, calibrated=calibrated, num_classes=num_classes, in_channels=in_channels)
     # More threads than free cores makes CPU timings erratic (spinning workers wait on each other).
     with torch_threads(threads) as used_threads:
-        base_cost, _ = plan.measure(plan.spec_at(0.0))
-        variants = []
-        for phi in phis:
-            spec = plan.spec_at(phi)
-            cost, stages = (base_cost, space.family.stages(spec)) if phi == 0 else plan.measure(spec)
-            row = plan.row(phi, spec, cost, base_cost, stages)
-            if costs:
-                row.update(plan.runtime_costs(spec, device))
-            variants.append(row)
-            if on_variant is not None:
-                on_variant(row)
+        variants = plan.rows(phis, costs=costs, device=device, on_variant=on_variant)
     extra = {"cost_conventions": _cost_conventions(device, used_threads)} if costs else {}
     return {
         "space": space.name,
@@ -202,6 +192,29 @@ class _FamilyPlan:
             num_classes=self.image["num_classes"],
         )
         return {**measured, "cost_device": device}
+
+    def rows(
+        self,
+        phis: Sequence[float],
+        *,
+        costs: bool,
+        device: str,
+        on_variant: Callable[[dict[str, Any]], None] | None,
+    ) -> list[dict[str, Any]]:
+        """Each φ's row, measured in turn (φ = 0 is the base, measured once), with its runtime costs
+        on `device` when `costs`; `on_variant` sees each row as it is done."""
+        base_cost, _ = self.measure(self.spec_at(0.0))
+        variants = []
+        for phi in phis:
+            spec = self.spec_at(phi)
+            cost, stages = (base_cost, self.space.family.stages(spec)) if phi == 0 else self.measure(spec)
+            row = self.row(phi, spec, cost, base_cost, stages)
+            if costs:
+                row.update(self.runtime_costs(spec, device))
+            variants.append(row)
+            if on_variant is not None:
+                on_variant(row)
+        return variants
 
 
 def _coefficient_block(space: SearchSpace, coefficients: Coefficients) -> dict[str, Any]:

@@ -61,12 +61,18 @@ def best_result(
         "space": space.name,
         "space_path": space.path,
     }
-    cost = settings.objective_cost()
-    if cost:
-        column = settings.pareto_column()
-        front = sorted(runs.pareto_trials(rows, column))
-        result["pareto_cost"] = column
-        result["pareto_front"] = [
+    if settings.objective_cost():
+        result.update(_pareto_fields(rows, settings.pareto_column()))
+    return result
+
+
+def _pareto_fields(rows: Mapping[int, Mapping[str, Any]], column: str) -> dict[str, Any]:
+    """best.json's fields of a multi-objective search: the cost `column` and the trials on the
+    accuracy-vs-cost front, by trial number."""
+    front = sorted(runs.pareto_trials(rows, column))
+    return {
+        "pareto_cost": column,
+        "pareto_front": [
             {
                 "trial": n,
                 "network": rows[n]["network"],
@@ -75,8 +81,8 @@ def best_result(
                 column: rows[n].get(column),
             }
             for n in front
-        ]
-    return result
+        ],
+    }
 
 
 def search_summary(rows: Mapping[int, Mapping[str, Any]], found: RealizableSet | None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -218,20 +218,32 @@ def trained(rows: Mapping[int, Mapping[str, Any]], *, completed_only: bool = Tru
 
 
 def pareto_trials(rows: Mapping[int, Mapping[str, Any]], column: str) -> set[int]:
-    """Trial numbers of the completed trials no other completed trial beats in both accuracy (up)
-    and `column` (down); one trial per network (its first) stands for it."""
+    """Trial numbers of the completed trials on the front of accuracy (up) and `column` (down), by
+    `non_dominated`'s tie rule; one trial per network (its first) stands for it."""
     points: dict[str, tuple[float, float, int]] = {}
     for row in sorted(trained(rows), key=lambda r: int(r["trial"])):
         cost = row.get(column)
         if cost is None or row["network"] in points:
             continue
         points[row["network"]] = (float(row["final_val_accuracy"]), float(cost), int(row["trial"]))
-    front = set()
-    for accuracy, cost, number in points.values():
-        dominated = any((a >= accuracy and c <= cost) and (a > accuracy or c < cost) for a, c, _ in points.values())
-        if not dominated:
-            front.add(number)
-    return front
+    numbered = list(points.values())
+    return {numbered[i][2] for i in non_dominated([(accuracy, cost) for accuracy, cost, _ in numbered])}
+
+
+def non_dominated(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices, in order, of the (accuracy, cost) points on the Pareto front of accuracy up and cost
+    down: the one front of trials.csv's `pareto` column, best.json's and the plots'.
+
+    The tie rule, deliberately: a point is on the front unless another point is at least as good in
+    both (accuracy >=, cost <=) and strictly better in one. Two exactly equal points therefore both
+    stay (neither beats the other), while a point that only ties another's accuracy at a higher cost,
+    or its cost at a lower accuracy, is off.
+    """
+    return [
+        index
+        for index, (accuracy, cost) in enumerate(points)
+        if not any(a >= accuracy and c <= cost and (a > accuracy or c < cost) for a, c in points)
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -366,10 +378,18 @@ def run_space(run: Run) -> SearchSpace:
     """The search space the run searched: its recorded path, else the shipped space of that name."""
     from scalesearch.spaces import load_space
 
-    recorded = run.best.get("space_path") or run.settings.get("space_path")
+    recorded = recorded_space(run.best, run.settings)
+    if recorded is None:
+        raise UserError(f"{run.path / BEST} names no search space that exists here")
+    return load_space(recorded)
+
+
+def recorded_space(best: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> str | None:
+    """What to load as the space a run searched, from its best.json (and search.json's settings):
+    the recorded path where that file exists here (the path is absolute on the machine that
+    searched), else the space's name (a shipped space); None when neither is recorded."""
+    recorded = best.get("space_path") or (settings or {}).get("space_path")
     if isinstance(recorded, str) and Path(recorded).is_file():
-        return load_space(recorded)
-    name = run.best.get("space")
-    if isinstance(name, str):
-        return load_space(name)
-    raise UserError(f"{run.path / BEST} names no search space that exists here")
+        return recorded
+    name = best.get("space")
+    return name if isinstance(name, str) else None

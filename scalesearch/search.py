@@ -232,22 +232,11 @@ def run_search(settings: SearchSettings, *, resume: bool = False, command: str =
     space = load_space(settings.space_path)
     out, done = runs.prepare(settings, resume=resume)
     runs.check_writable(out)
-    from scalesearch.planner import check_fits
-    from scalesearch.scaling import coefficients_from_shares, parse_phis
-
-    # A bad or absurd --family-phis fails now, not after the trials (sized with the centre's coefficients).
-    centre = coefficients_from_shares(Shares(1 / 3, 1 / 3, 1 / 3), target=space.target)
-    check_fits(space, centre, parse_phis(settings.family_phis))
+    _check_family_fits(settings, space)
     check_local_resources(settings)
     dataset = load_dataset(settings.dataset)  # fail on bad data here, not in every worker
     progress = Progress("search", 0, quiet=settings.quiet)
-    progress.show("planning", "measuring the realizable networks on the budget band")
-    found = search_set(settings, space, dataset)
-    if not found.networks:
-        raise UserError(
-            f"no network of {space.name}'s proxy meets {space.target:g}^{settings.phi:g} ± "
-            f"{space.tolerance:.0%} of the base's {settings.constraint}"
-        )
+    found = _plan_networks(settings, space, dataset, progress)
     with ray_session(settings, space=space) as where, contextlib.ExitStack() as stack:
         if not resume:
             runs.start(out, settings)  # only now: a bad flag or a busy machine leaves no folder behind
@@ -280,6 +269,28 @@ def run_search(settings: SearchSettings, *, resume: bool = False, command: str =
         num_classes=dataset.num_classes,
         in_channels=dataset.in_channels,
     )
+
+
+def _check_family_fits(settings: SearchSettings, space: SearchSpace) -> None:
+    """UserError now, not after the trials, when a bad or absurd --family-phis could not be measured
+    (the family sized with the centre's coefficients)."""
+    from scalesearch.planner import check_fits
+    from scalesearch.scaling import coefficients_from_shares, parse_phis
+
+    centre = coefficients_from_shares(Shares(1 / 3, 1 / 3, 1 / 3), target=space.target)
+    check_fits(space, centre, parse_phis(settings.family_phis))
+
+
+def _plan_networks(settings: SearchSettings, space: SearchSpace, dataset: Any, progress: Progress) -> RealizableSet:
+    """The realizable set the search trains (shown as planning); UserError when it is empty."""
+    progress.show("planning", "measuring the realizable networks on the budget band")
+    found = search_set(settings, space, dataset)
+    if not found.networks:
+        raise UserError(
+            f"no network of {space.name}'s proxy meets {space.target:g}^{settings.phi:g} ± "
+            f"{space.tolerance:.0%} of the base's {settings.constraint}"
+        )
+    return found
 
 
 def _manifest(

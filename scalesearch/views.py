@@ -340,15 +340,11 @@ def strip_column(views: Sequence[RunView]) -> str:
 
 
 def pareto_front(points: pd.DataFrame, *, cost: str = "flops", value: str = "final_val_accuracy") -> pd.DataFrame:
-    """Rows not dominated by any other (lower or equal cost with higher value), sorted by cost."""
+    """Rows on the front of `value` (up) and `cost` (down), by `runs.non_dominated`'s tie rule (exact
+    duplicates both stay), sorted by cost; rows missing either are left out."""
     ordered = points.dropna(subset=[cost, value]).sort_values([cost, value], ascending=[True, False])
-    keep = []
-    best = -float("inf")
-    for index, row in ordered.iterrows():
-        if row[value] > best:
-            keep.append(index)
-            best = row[value]
-    return ordered.loc[keep]
+    pairs = list(zip(ordered[value].astype(float), ordered[cost].astype(float)))
+    return ordered.iloc[runs.non_dominated(pairs)]
 
 
 def front_rows(trials: pd.DataFrame, cost: str = "flops") -> pd.DataFrame:

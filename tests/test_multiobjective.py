@@ -58,6 +58,20 @@ def test_multi_objective_grid_trains_the_realizable_set_and_marks_the_front(tmp_
     assert best["pareto_cost"] == "params"
 
 
+def test_pareto_tie_rule_is_the_same_for_trials_csv_and_the_plots():
+    # Exact duplicates both stay; equal accuracy at a higher cost, or equal cost at a lower accuracy, is off.
+    assert runs.non_dominated([(0.9, 100.0), (0.9, 100.0), (0.9, 200.0), (0.8, 100.0), (0.95, 300.0)]) == [0, 1, 4]
+    trained = [("a", 0.9, 100), ("b", 0.9, 100), ("a", 0.99, 100), ("c", 0.9, 200), ("d", 0.95, 300)]
+    rows = {
+        n: {"trial": n, "status": "completed", "network": network, "final_val_accuracy": accuracy, "flops": flops}
+        for n, (network, accuracy, flops) in enumerate(trained)
+    }
+    # Networks a and b tie exactly; a's first trial stands for it (not its better second seed).
+    assert runs.pareto_trials(rows, "flops") == {0, 1, 4}
+    frame = pd.DataFrame(list(rows.values())).drop_duplicates("network")
+    assert set(pareto_front(frame)["trial"]) == {0, 1, 4}
+
+
 def test_study_proposer_learns_two_objectives_from_realized_points():
     proposer = StudyProposer(sampler_kind("tpe"), seed=0, trials=8, directions=2)
     first = proposer.propose(0, 4)

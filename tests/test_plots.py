@@ -58,6 +58,15 @@ def test_pareto_front_on_known_points():
     assert list(zip(front["flops"], front["final_val_accuracy"])) == [(100, 0.85), (200, 0.90), (300, 0.95)]
 
 
+def test_pareto_front_keeps_exact_duplicates():
+    points = pd.DataFrame(
+        {"trial": [0, 1, 2, 3], "flops": [100, 100, 200, 100], "final_val_accuracy": [0.85, 0.85, 0.85, 0.80]}
+    )
+    # Trials 0 and 1 tie exactly: neither beats the other, so both stay; trial 2 ties their accuracy
+    # at a higher cost and trial 3 their cost at a lower accuracy, so both are off.
+    assert sorted(pareto_front(points)["trial"]) == [0, 1]
+
+
 def test_simplex_points_on_known_shares_of_an_older_run():
     trials = pd.DataFrame(  # older runs: share_* columns, no stage or network
         {

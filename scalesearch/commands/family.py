@@ -49,8 +49,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def read_best(run_dir: str) -> tuple[dict, str | None]:
-    """The coefficients stored in RUN_DIR/best.json, and the space the run searched."""
-    path = Path(run_dir) / "best.json"
+    """The coefficients stored in RUN_DIR/best.json, and the space the run searched (None: not recorded)."""
+    from scalesearch.runs import BEST, recorded_space
+
+    path = Path(run_dir) / BEST
     if not path.is_file():
         raise UserError(f"{path} not found: is {run_dir!r} a finished search run?")
     try:
@@ -58,11 +60,7 @@ def read_best(run_dir: str) -> tuple[dict, str | None]:
         coefficients = {key: float(best[key]) for key in ("alpha", "beta", "gamma")}
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f"{path}: not a scalesearch best.json ({error})") from None
-    # The recorded path is absolute on the machine that searched; elsewhere, the shipped space's name.
-    space_path, name = best.get("space_path"), best.get("space")
-    if isinstance(space_path, str) and Path(space_path).is_file():
-        return coefficients, space_path
-    return coefficients, name if isinstance(name, str) else None
+    return coefficients, recorded_space(best)
 
 
 def run(args: argparse.Namespace) -> int:

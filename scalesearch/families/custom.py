@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from scalesearch.errors import UserError
+from scalesearch.errors import UserError, first_line
 from scalesearch.families.base import Family, ModelSpec, StageInfo, register_family
 
 # ModelSpec fields every callable builder must take: without them the search could not scale the
@@ -51,11 +51,6 @@ REQUIRED_ARGUMENTS = ("width_mult", "depth_mult", "num_classes", "in_channels")
 SPEC_ARGUMENTS = tuple(f.name for f in fields(ModelSpec))
 WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 MEASURED_CACHE = 64  # specs whose measurement a family keeps (the planner asks for a few dozen)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 def import_module(module_name: str, root: str | None) -> Any:
@@ -89,9 +84,9 @@ def load_builder(target: str, *, root: str | None = None) -> Any:
         missing = error.name or ""
         if missing and (module_name == missing or module_name.startswith(missing + ".")):
             raise UserError(f"builder {target!r}: no module named {missing!r}{where}") from None
-        raise UserError(f"builder {target!r}: importing {module_name!r} failed: {_first_line(error)}") from None
+        raise UserError(f"builder {target!r}: importing {module_name!r} failed: {first_line(error)}") from None
     except (Exception, SystemExit) as error:
-        raise UserError(f"builder {target!r}: importing {module_name!r} raised {_first_line(error)}") from None
+        raise UserError(f"builder {target!r}: importing {module_name!r} raised {first_line(error)}") from None
     found: Any = module
     for part in attribute.split("."):
         if not hasattr(found, part):
@@ -115,7 +110,7 @@ def custom_family(target: str, architecture: Mapping[str, Any], *, root: str | N
         except UserError:
             raise
         except Exception as error:
-            message = f"builder {target!r}: {builder.__name__}(architecture) raised {_first_line(error)}"
+            message = f"builder {target!r}: {builder.__name__}(architecture) raised {first_line(error)}"
             raise UserError(message) from None
     return BuilderFamily(architecture, builder=builder, target=target, root=root)
 
@@ -193,7 +188,7 @@ class BuilderFamily(Family):
             raise
         except Exception as error:
             shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in arguments.items())
-            raise UserError(f"builder {self.target}({shown}) raised {_first_line(error)}") from None
+            raise UserError(f"builder {self.target}({shown}) raised {first_line(error)}") from None
         if not isinstance(model, nn.Module):
             raise UserError(f"builder {self.target!r} returned a {type(model).__name__}, not a torch nn.Module")
         return model
@@ -221,7 +216,7 @@ class BuilderFamily(Family):
         except Exception as error:
             raise UserError(
                 f"builder {self.target!r}: the model's forward pass on a {tuple(image.shape)} input raised "
-                f"{_first_line(error)}"
+                f"{first_line(error)}"
             ) from None
         finally:
             for handle in handles:
