@@ -6,6 +6,7 @@ Also what a run records about the machine and the package versions it ran with.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import socket
@@ -261,32 +262,81 @@ def ray_session(settings: ResourceSettings, *, space: SearchSpace | None = None)
     Joining checks the address first (check_address: one line within seconds for anything that is not
     a reachable Ray cluster) and uses token authentication when the cluster wants it. The process
     environment is left as it was found (ray.init sets RAY_AUTH_MODE for a local cluster).
-    """
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(settings.concurrency))
-    address = settings.address or os.environ.get("RAY_ADDRESS") or None
-    access = check_address(address) if address and address != "local" else None
-    saved_mode = os.environ.get(AUTH_MODE_ENV)
-    import logging
 
+    When this process already runs Ray (the caller's own ray.init, say in a notebook), that session
+    is used and left running: starting and stopping a local Ray is 3-4 s of every search.
+    """
     import ray
 
-    if not settings.verbose:
-        # Tune logs failed trials and its own summary at ERROR; scalesearch reports those itself.
-        for name in ("ray", "ray.tune", "ray.train", "ray.air"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+    runtime_env = code_runtime_env(space)
+    with _tune_environment(settings), _quiet_ray_logs(settings):
+        if ray.is_initialized():
+            yield _existing_session(settings, runtime_env)
+            return
+        address = settings.address or os.environ.get("RAY_ADDRESS") or None
+        access = check_address(address) if address and address != "local" else None
+        saved_mode = os.environ.get(AUTH_MODE_ENV)
+        quiet = logging.DEBUG if settings.verbose else logging.ERROR
+        try:
+            where = _init_ray(settings, access, logging_level=quiet, runtime_env=runtime_env)
+            _check_resources(settings, ray.cluster_resources(), where="the cluster")
+            yield where
+        finally:
+            ray.shutdown()
+            if os.environ.get(AUTH_MODE_ENV) != saved_mode:
+                _set_auth_mode(saved_mode)
 
-    quiet = logging.DEBUG if settings.verbose else logging.ERROR
+
+def _existing_session(settings: ResourceSettings, runtime_env: dict[str, Any] | None) -> str:
+    """Where the Ray session this process already runs is, once it is checked to serve the search."""
+    import ray
+
+    if settings.address:
+        raise UserError(
+            f"this process already runs Ray; leave out --address {settings.address} to search on that "
+            "session, or call ray.shutdown() first"
+        )
+    if runtime_env is not None:
+        raise UserError(
+            f"this process already runs Ray, whose workers cannot import {runtime_env['py_modules'][0]}; "
+            "call ray.shutdown() first (the search then ships it), or install that module"
+        )
+    _check_resources(settings, ray.cluster_resources(), where="this process's Ray session")
+    return f"this process's Ray session ({ray.get_runtime_context().gcs_address})"
+
+
+@contextlib.contextmanager
+def _tune_environment(settings: ResourceSettings) -> Iterator[None]:
+    """Tune's and Ray's switches for a search (where the user has not set them), for its duration."""
+    wanted = {
+        "RAY_AIR_NEW_OUTPUT": "0",
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+        "RAY_DEDUP_LOGS": "0",
+        "TUNE_MAX_PENDING_TRIALS_PG": str(settings.concurrency),
+    }
+    added = [name for name in wanted if name not in os.environ]
+    os.environ.update({name: wanted[name] for name in added})
     try:
-        where = _init_ray(settings, access, logging_level=quiet, runtime_env=code_runtime_env(space))
-        _check_resources(settings, ray.cluster_resources(), where="the cluster")
-        yield where
+        yield
     finally:
-        ray.shutdown()
-        if os.environ.get(AUTH_MODE_ENV) != saved_mode:
-            _set_auth_mode(saved_mode)
+        for name in added:
+            os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
+def _quiet_ray_logs(settings: ResourceSettings) -> Iterator[None]:
+    """Unless verbose, Ray's and Tune's loggers are silenced for the search (Tune logs failed trials
+    and its own summary at ERROR; scalesearch reports those itself), then set back."""
+    loggers = [logging.getLogger(name) for name in ("ray", "ray.tune", "ray.train", "ray.air")]
+    levels = [logger.level for logger in loggers]
+    if not settings.verbose:
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _init_ray(

@@ -18,7 +18,7 @@ MULTIPLIER_KEYS = ("name", "phi", "depth_mult", "width_mult", "resolution", "dro
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory, shared_ray) -> Path:
     return shared_run(tmp_path_factory, validated=False)
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from scalesearch import runs
 from scalesearch.cli import main
+from scalesearch.errors import UserError
 from scalesearch.proposals import make_proposer, params_to_shares, share_params
 from scalesearch.scaling import Coefficients, Shares, coefficients_from_shares
 
@@ -19,6 +20,8 @@ DATA = Path(__file__).parent / "data"
 TINY = str(DATA / "tiny_space.yaml")
 # Columns that are timings (or follow from them): everything else must repeat exactly.
 TIMED = {"seconds", "latency_batch1_s", "latency_throughput_s", "peak_train_memory_bytes", "layout"}
+# The searches here share one Ray started by the fixture (test_multiobjective's start their own).
+pytestmark = pytest.mark.usefixtures("shared_ray")
 
 
 def read_rows(run_dir: Path) -> dict[int, dict]:
@@ -53,7 +56,8 @@ def check_run_folder(run_dir: Path, trials: int) -> dict:
     assert (run_dir / "family.md").read_text().startswith("**")
     assert (run_dir / "frontier.png").stat().st_size > 5_000
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["ended"] and "127.0.0.1" in manifest["ray_address"]
+    started_here = "127.0.0.1" in manifest["ray_address"]  # a local Ray of its own is on loopback only
+    assert manifest["ended"] and (started_here or manifest["ray_address"].startswith("this process's Ray session"))
     assert manifest["realizable"]["networks"] >= 3
     assert {"torch", "ray", "optuna", "fvcore"} <= set(manifest["versions"])
     return best
@@ -93,6 +97,28 @@ def test_grid_search_trains_distinct_networks_of_the_realizable_set(grid_run):
     assert len({r["network"] for r in rows.values()}) == 3
     assert all(r["share_error"] == pytest.approx(0.0, abs=1e-12) for r in rows.values())  # grid asks for networks
     assert "unknown" in best["verdict"]  # confirm stage off: no spread, and it says so
+
+
+def test_a_search_uses_the_ray_session_this_process_runs_and_leaves_it_running(grid_run):
+    import ray
+
+    manifest = json.loads((grid_run / "manifest.json").read_text())
+    assert manifest["ray_address"].startswith("this process's Ray session")
+    assert ray.is_initialized()
+
+
+def test_a_running_session_refuses_an_address_and_code_its_workers_cannot_import():
+    # What a caller of run_search meets (the CLI is a fresh process, which runs no Ray yet).
+    from scalesearch.cluster import _existing_session
+    from scalesearch.settings import SearchSettings
+
+    settings = SearchSettings(space_path=TINY, dataset="digits")
+    with pytest.raises(UserError, match="already runs Ray; leave out --address 127.0.0.1:6379"):
+        _existing_session(SearchSettings(space_path=TINY, dataset="digits", address="127.0.0.1:6379"), None)
+    with pytest.raises(UserError, match="cannot import /elsewhere/mymodel.py; call ray.shutdown"):
+        _existing_session(settings, {"py_modules": ["/elsewhere/mymodel.py"]})
+    with pytest.raises(UserError, match="needs 64 CPUs; this process's Ray session has"):
+        _existing_session(SearchSettings(space_path=TINY, dataset="digits", concurrency=64), None)
 
 
 def _without_timings(rows: dict[int, dict]) -> dict[int, dict]:
