@@ -182,6 +182,8 @@ class ResNetFamily(Family):
 
 def _init_weights(model: nn.Module) -> None:
     """torchvision's ResNet initialization; the classifier keeps PyTorch's default Linear init."""
+    if next(model.parameters()).is_meta:
+        return  # built on the meta device to count shapes and MACs: no values to set (and 80% of the time)
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

@@ -173,6 +173,8 @@ class ViTFamily(Family):
 
 def _init_weights(model: ViTModel) -> None:
     """timm's ViT init: trunc-normal(0.02) linears and position embedding, zero biases, unit LN."""
+    if next(model.parameters()).is_meta:
+        return  # built on the meta device to count shapes and MACs: no values to set (and 80% of the time)
     for module in model.modules():
         if isinstance(module, nn.Linear):
             nn.init.trunc_normal_(module.weight, std=0.02)
