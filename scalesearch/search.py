@@ -8,7 +8,9 @@
    stop ("asha") compares a trial at half its epochs with the top third of the *earlier rounds* only:
    the trials are the same at any concurrency and in any completion order.
 3. Confirm (confirm): the best `confirm_top` networks get `confirm_seeds` seeds each; the choice is
-   the best mean, with the networks statistically tied with it.
+   the best mean, with the networks statistically tied with it. The confirm jobs are the last round
+   of the same Tune run, so they train in the workers the search already started (imports, CUDA
+   context and dataset paid once per worker).
 4. Finish: best.json with the chosen network's realized coefficients, family.json planned onto its
    budgets, plots, manifest.
 """
@@ -26,12 +28,14 @@ from typing import Any
 from scalesearch import runs
 from scalesearch.cluster import absolute_dataset_spec, check_local_resources, machine, ray_session, versions
 from scalesearch.errors import UserError
-from scalesearch.planner import Network, RealizableSet, realizable_set
+from scalesearch.planner import RealizableSet, realizable_set
 from scalesearch.proposals import Proposer, make_proposer
-from scalesearch.runner import Outcome, Progress, TrainJob, run_jobs, tune_trainable
+from scalesearch.runner import Progress, TrainJob, tune_trainable
 from scalesearch.scaling import Shares, share_distance
 from scalesearch.settings import SearchSettings
 from scalesearch.spaces import SearchSpace
+
+REQUESTED_COLUMNS = ("requested_share_depth", "requested_share_width", "requested_share_resolution")
 
 
 class SearchState:
@@ -58,6 +62,8 @@ class SearchState:
         self.round = -1
         self.plan: list[dict[str, Any]] = []
         self.handed: set[int] = set()
+        self.confirming = False  # the search's rounds are over; `plan` is the confirm stage's
+        self.confirmed: list[str] = []  # the networks the confirm stage retrains, best first
         cost = settings.objective_cost()
         self.proposer: Proposer = make_proposer(
             settings.sampler,
@@ -77,19 +83,26 @@ class SearchState:
         return list(range(start, min(self.total, start + self.settings.batch)))
 
     def round_finished(self) -> bool:
-        if self.round < 0:
-            return True
-        return all(n in self.rows for n in self.round_numbers(self.round))
+        return all(planned["trial"] in self.rows for planned in self.plan)
+
+    def complete(self) -> bool:
+        """Every round and the confirm stage finished (False after an interruption)."""
+        return self.confirming and self.round_finished()
 
     def next_round(self) -> bool:
-        """Plan the next round (telling the proposer the round before); False when none is left."""
+        """Plan the next round (telling the proposer the round before), after the last one the confirm
+        stage; False when nothing is left."""
+        if self.confirming:
+            return False
         if self.round >= 0:
             for number in self.round_numbers(self.round):
                 self._tell(self.rows[number])
         self.round += 1
         numbers = self.round_numbers(self.round)
         if not numbers:
-            return False
+            self.confirming = True
+            self.plan = self._confirm_plan()
+            return bool(self.plan)
         proposals = self.proposer.propose(self.round, len(numbers))
         self.plan = []
         for number, shares in zip(numbers, proposals):
@@ -139,6 +152,31 @@ class SearchState:
             if not self.next_round():
                 return "done"
 
+    def _confirm_plan(self) -> list[dict[str, Any]]:
+        """The confirm stage's rows (stage "confirm"): the seeds its best networks still lack; also
+        switches the progress line to the confirm stage."""
+        from scalesearch import confirm
+
+        settings = self.settings
+        if settings.confirm_top == 0:
+            return []
+        search_rows = {n: r for n, r in self.rows.items() if r["stage"] == "search"}
+        self.confirmed = [score.network for score in confirm.scores(search_rows)][: settings.confirm_top]
+        top, seeds = settings.confirm_top, settings.confirm_seeds
+        wanted = confirm.plan(self.rows, top=top, seeds=seeds, base_seed=settings.seed)
+        next_number = max([self.total - 1, *self.rows]) + 1
+        planned = []
+        for number, (network_key, seed) in enumerate(wanted, start=next_number):
+            template = next(r for r in self.rows.values() if r["network"] == network_key)
+            row = {k: template.get(k) for k in self.networks[network_key].row(self.space.target)}
+            unrequested = dict.fromkeys(("round", *REQUESTED_COLUMNS, "share_error"))
+            planned.append({**row, **unrequested, "trial": number, "stage": "confirm", "seed": seed})
+        if planned:
+            self.progress.title, self.progress.total, self.progress.done = "confirm", len(planned), 0
+            self.progress.start, self.progress.start_done = time.monotonic(), 0
+            self.refresh("confirm")
+        return planned
+
     # Jobs and rows -----------------------------------------------------------------------------
 
     def job(self, planned: dict[str, Any]) -> TrainJob:
@@ -153,8 +191,8 @@ class SearchState:
             seed=planned["seed"],
             threads=max(1, int(self.settings.cpus_per_trial)),
             device="cuda" if self.settings.gpus_per_trial > 0 else "cpu",
-            measure_costs=not measured,
-            label=f"trial {planned['trial']}",
+            measure_costs=not measured and planned["stage"] == "search",
+            label=f"trial {planned['trial']}" if planned["stage"] == "search" else f"confirm {network.key}",
             inject_fault=fault_kind if fault_trial == str(planned["trial"]) else "",
         )
 
@@ -173,14 +211,20 @@ class SearchState:
         except runs.RunWriteError as error:
             if self.write_error is None:
                 self.write_error = error  # Tune swallows callback errors: the searcher ends the search
-            if row.get("stage") != "search":
-                raise
             return
         if row.get("stage") == "search":
             self.progress.done = sum(1 for n in self.rows if n < self.total)
             self.refresh(f"trial {number} {row['status']}")
+        else:
+            self.progress.done = sum(1 for planned in self.plan if planned["trial"] in self.rows)
+            shown = f"{row['final_val_accuracy']:.4f}" if row["status"] == "completed" else row["status"]
+            self.refresh(f"confirm {row['network']} seed {row['seed']}: {shown}")
 
     def refresh(self, event: str = "") -> None:
+        if self.confirming:
+            seeds, running = self.settings.confirm_seeds, len(self.running)
+            self.progress.show(event, f"{len(self.confirmed)} networks, {seeds} seeds each · running {running}")
+            return
         counts = {s: sum(1 for r in self.rows.values() if r["status"] == s) for s in runs.STATUSES}
         best = max(runs.trained(self.rows), key=lambda r: r["final_val_accuracy"], default=None)
         shown = f"{best['final_val_accuracy']:.4f} (trial {best['trial']})" if best else "-"
@@ -248,13 +292,11 @@ def run_search(settings: SearchSettings, *, resume: bool = False, command: str =
         runs.write_json(out / runs.MANIFEST, manifest)
         interrupted = False
         try:
-            if any(n not in done for n in range(state.total)):
-                manifest["trials_wall_seconds"] = _run_rounds(state)
-            confirmed = _confirm(state)
+            manifest["trials_wall_seconds"] = _run_rounds(state)
         except KeyboardInterrupt:
             interrupted = True
         progress.close()
-    if interrupted or any(n not in state.rows for n in range(state.total)):
+    if interrupted or not state.complete():
         raise KeyboardInterrupt
     from scalesearch.finish import finish_run
 
@@ -263,7 +305,7 @@ def run_search(settings: SearchSettings, *, resume: bool = False, command: str =
         space,
         found,
         state.rows,
-        confirmed,
+        state.confirmed,
         out,
         manifest,
         num_classes=dataset.num_classes,
@@ -318,7 +360,8 @@ def _manifest(
 
 
 def _run_rounds(state: SearchState) -> float:
-    """Train the search's trials on Ray Tune; returns the wall seconds of the trial phase."""
+    """Train the search's rounds and then its confirm stage in one Ray Tune run (its workers reused
+    throughout); returns the wall seconds of that phase."""
     from ray import tune
 
     settings = state.settings
@@ -352,58 +395,3 @@ def _run_rounds(state: SearchState) -> float:
     if state.write_error is not None:
         raise state.write_error
     return round(time.monotonic() - start, 2)
-
-
-def _confirm(state: SearchState) -> list[str]:
-    """Retrain the best networks with more seeds (rows stage "confirm"); returns the confirmed networks."""
-    from scalesearch import confirm
-
-    settings = state.settings
-    if settings.confirm_top == 0:
-        return []
-    wanted = confirm.plan(state.rows, top=settings.confirm_top, seeds=settings.confirm_seeds, base_seed=settings.seed)
-    chosen = [s.network for s in confirm.scores({n: r for n, r in state.rows.items() if r["stage"] == "search"})]
-    confirmed = chosen[: settings.confirm_top]
-    next_number = max([state.total - 1, *state.rows]) + 1
-    planned: list[dict[str, Any]] = []
-    for network_key, seed in wanted:
-        network: Network = state.networks[network_key]
-        template = next(r for r in state.rows.values() if r["network"] == network_key)
-        row = {k: template.get(k) for k in network.row(state.space.target)}
-        planned.append(
-            {
-                **row,
-                "trial": next_number,
-                "stage": "confirm",
-                "round": None,
-                "seed": seed,
-                "requested_share_depth": None,
-                "requested_share_width": None,
-                "requested_share_resolution": None,
-                "share_error": None,
-            }
-        )
-        next_number += 1
-    if not planned:
-        return confirmed
-    state.progress.title, state.progress.total, state.progress.done = "confirm", len(planned), 0
-    state.progress.start = time.monotonic()
-    state.progress.start_done = 0
-    state.progress.show("confirm", f"{len(confirmed)} networks, {settings.confirm_seeds} seeds each")
-    jobs = []
-    for row in planned:
-        job = state.job(row)
-        jobs.append(replace(job, measure_costs=False, label=f"confirm {row['network']}"))
-
-    def save(index: int, outcome: Outcome) -> None:
-        state.finish(int(planned[index]["trial"]), {**planned[index], **outcome.row()})
-
-    run_jobs(
-        jobs,
-        concurrency=settings.concurrency,
-        cpus=settings.cpus_per_trial,
-        gpus=settings.gpus_per_trial,
-        progress=state.progress,
-        on_done=save,
-    )
-    return confirmed

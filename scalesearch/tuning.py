@@ -45,7 +45,7 @@ class RoundSearcher(Searcher):
 
 class RoundStopper(FIFOScheduler):
     """ASHA's rule made order-free: at half the epochs, stop a trial below the top third of the
-    earlier rounds' trials at that epoch (the first round is never stopped)."""
+    earlier rounds' trials at that epoch (the first round and the confirm stage are never stopped)."""
 
     def __init__(self, state: SearchState) -> None:
         super().__init__()
@@ -60,6 +60,7 @@ class RoundStopper(FIFOScheduler):
         number = trial.config.get("trial_number")
         if (
             number not in self.state.running
+            or self.state.running[number]["stage"] != "search"  # the confirm stage trains every epoch
             or int(result.get("epoch", 0)) != rung
             or rung >= self.state.settings.epochs
         ):

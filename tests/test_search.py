@@ -138,6 +138,15 @@ def test_same_command_same_trials_at_concurrency_two(capsys, tmp_path):
     assert {r["stage"] for r in first.values()} == {"search", "confirm"}
     assert best["confirm"]["candidates"] and "seed" in best["verdict"]
 
+    # Stopped inside its confirm stage (the last confirm row lost), a run resumes to the same result.
+    last = max(first)
+    assert first[last]["stage"] == "confirm"
+    runs.write_trials(tmp_path / "b" / "trials.csv", {n: r for n, r in second.items() if n != last})
+    (tmp_path / "b" / "best.json").unlink()
+    assert search(capsys, tmp_path / "b", *argv, "--resume")[0] == 0
+    assert _without_timings(read_rows(tmp_path / "b")) == _without_timings(first)
+    assert json.loads((tmp_path / "b" / "best.json").read_text())["value"] == best["value"]
+
 
 def test_tpe_search_records_a_failing_trial_and_goes_on(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("SCALESEARCH_INJECT_FAULT", "raise:1")
