@@ -1,14 +1,15 @@
 """Search benchmarks, each measured side by side in one run (prints its figures).
 
-(a) Orchestration overhead per trial: the same proposals as a Ray Tune + Optuna search (concurrency 1)
-    and as a plain Python loop (the planner's nearest realizable network + train_model), on the tiny
-    test space.
+(a) Orchestration overhead: the same proposals as a Ray Tune + Optuna search (concurrency 1) and as a
+    plain Python loop (the planner's nearest realizable network + train_model), on the tiny test
+    space, each a whole command in a fresh process; split into a fixed part per command and a
+    marginal part per trial; and a search in a process that already runs Ray.
 (b) 2 concurrent trials (1 thread each) against sequential trials (1 and 2 threads) on 2 cores.
 (c) Search cost: tpe + ASHA against the grid over the whole realizable set (every network on the
     budget band once) on digits with the shipped EfficientNet proxy, same seeds: training epochs spent
     and the best accuracy found, against the grid's seed-to-seed spread.
 
-    .venv/bin/python benchmarks/bench_search.py [--only a,b,c] [--epochs 3]
+    .venv/bin/python benchmarks/bench_search.py [--only a,b,c] [--epochs 3] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -64,15 +67,14 @@ def tiny_settings(out: Path, **changes: object) -> SearchSettings:
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
-def bench_overhead(tmp: Path) -> None:
-    seconds, run_dir = timed_search(tiny_settings(tmp / "a-search"))
+def plain_loop(run_dir: Path) -> float:
+    """Seconds of the plain loop over a search's proposals: nearest realizable network + train_model."""
     trials = rows(run_dir)
-    training = sum(float(r["seconds"]) for r in trials)
     space = load_space(TINY)
     dataset = load_dataset("digits")
     recipe = Recipe.from_mapping({**space.recipe, "epochs": 1})
     start = time.perf_counter()
-    found = realizable_set(space, num_classes=10, in_channels=1)  # cached on disk by the search above
+    found = realizable_set(space, num_classes=10, in_channels=1)  # cached on disk by the search
     for row in trials:
         shares = Shares(*(float(row[f"requested_share_{k}"]) for k in ("depth", "width", "resolution")))
         network = found.nearest(shares)
@@ -84,13 +86,61 @@ def bench_overhead(tmp: Path) -> None:
             seed=int(row["seed"]),
             threads=1,
         )
-    loop = time.perf_counter() - start
-    n = len(trials)
-    print(f"(a) {n} tiny trials, 1 epoch, 1 thread")
-    print(f"    Ray Tune + Optuna search, whole command (Ray start, family table): {seconds:7.1f} s")
-    print(f"    ... of which inside trials (worker start, data load, training):      {training:7.1f} s")
-    print(f"    plain loop, same proposals (plan + train):                          {loop:7.1f} s")
-    print(f"    overhead per trial, whole command vs loop: {(seconds - loop) / n:5.2f} s")
+    return time.perf_counter() - start
+
+
+def timed_process(command: list[str]) -> float:
+    """Wall seconds of a command in a fresh process, from its start to its exit."""
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def search_command(out: Path, trials: int) -> list[str]:
+    return [sys.executable, "-m", "scalesearch.cli", "search", "--space", TINY, "--out", str(out),
+            "--dataset", "digits", "--sampler", "grid", "--trials", str(trials), "--epochs", "1",
+            "--scheduler", "none", "--concurrency", "1", "--cpus-per-trial", "1", "--confirm-top", "0",
+            "--family-phis", "0", "--quiet"]  # fmt: skip
+
+
+def bench_overhead(tmp: Path, rounds: int) -> None:
+    """Whole commands, each a fresh process: `scalesearch search` against a plain script that trains
+    the same proposals (python start, imports and data load included in both), at 6 and 12 trials,
+    alternating over `rounds` rounds (the best of each is kept: noise only adds time). The
+    overhead's fixed part (per command) and marginal part (per trial) are the intercept and slope.
+    Then the same 12 trials as a search in a process that already runs Ray (a notebook: no Ray start
+    or stop) against the loop in that process."""
+    import ray
+
+    best: dict[tuple[str, int], float] = {}
+    for round_number in range(rounds):
+        for n in (6, 12):
+            out = tmp / f"a-{n}-{round_number}"
+            figures = {
+                "search": timed_process(search_command(out, n)),
+                "loop": timed_process([sys.executable, __file__, "--plain-loop", str(out)]),
+            }
+            for kind, seconds in figures.items():
+                best[kind, n] = min(best.get((kind, n), float("inf")), seconds)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             logging_level="ERROR", log_to_driver=False)  # fmt: skip
+    try:
+        timed_search(tiny_settings(tmp / "a-warm-up", trials=2))  # the session's start-up, once
+        running, run_dir = timed_search(tiny_settings(tmp / "a-running", trials=12))
+    finally:
+        ray.shutdown()
+    loop_here = plain_loop(run_dir)
+    print(f"(a) tiny trials, 1 epoch, 1 thread, concurrency 1; whole commands, best of {rounds} rounds")
+    overhead = {}
+    for n in (6, 12):
+        overhead[n] = best["search", n] - best["loop", n]
+        print(f"    {n:2d} trials: scalesearch search {best['search', n]:6.1f} s, plain loop {best['loop', n]:5.1f} s, "
+              f"overhead per trial {overhead[n] / n:5.2f} s")  # fmt: skip
+    marginal = (overhead[12] - overhead[6]) / 6
+    print(f"    overhead, marginal per trial (slope 6 -> 12 trials): {marginal:5.2f} s  (target <= 0.5)")
+    print(f"    overhead, fixed per command (intercept):              {overhead[6] - 6 * marginal:5.1f} s")
+    print(f"    12 trials in a process already running Ray: search {running:5.1f} s, loop {loop_here:5.1f} s, "
+          f"overhead per trial {(running - loop_here) / 12:5.2f} s")  # fmt: skip
 
 
 def bench_parallel(tmp: Path) -> None:
@@ -171,11 +221,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="a,b,c")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per full trial in (c)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds in (a)")
+    parser.add_argument("--plain-loop", metavar="RUN", help=argparse.SUPPRESS)  # (a)'s loop process
     args = parser.parse_args()
+    if args.plain_loop:
+        plain_loop(Path(args.plain_loop))
+        return
     with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
         chosen = set(args.only.split(","))
         if "a" in chosen:
-            bench_overhead(Path(tmp))
+            bench_overhead(Path(tmp), args.rounds)
         if "b" in chosen:
             bench_parallel(Path(tmp))
         if "c" in chosen:
