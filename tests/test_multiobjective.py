@@ -47,6 +47,11 @@ def test_multi_objective_tpe_on_latency_end_to_end(tmp_path, capsys):
     assert all(p["latency_batch1_s"] > 0 for p in best["pareto_front"])
     assert frontier_cost([out]) == "latency_batch1_s" and (out / "frontier.png").stat().st_size > 5_000
     assert json.loads((out / "search.json").read_text())["fingerprint"]["objective"] == "accuracy,latency"
+    # This search started a local Ray of its own and stopped it.
+    import ray
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["ray_address"].startswith("local (started by scalesearch") and not ray.is_initialized()
 
 
 def test_multi_objective_grid_trains_the_realizable_set_and_marks_the_front(tmp_path):

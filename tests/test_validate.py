@@ -38,7 +38,8 @@ def shared_run(tmp_path_factory, validated: bool) -> Path:
     base = tmp_path_factory.getbasetemp() / "shared-tiny-run"
     if not (base / "best.json").is_file():
         shutil.rmtree(base, ignore_errors=True)
-        assert main(["search", "--space", TINY, "--out", str(base), "--family-phis", "0-1", "--quiet"]) == 0
+        argv = ["--family-phis", "0-1", "--confirm-top", "2", "--confirm-seeds", "2", "--quiet"]
+        assert main(["search", "--space", TINY, "--out", str(base), *argv]) == 0
     if not validated:
         return base
     out = tmp_path_factory.getbasetemp() / "shared-tiny-validated"
