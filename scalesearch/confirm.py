@@ -111,6 +111,7 @@ class Decision:
     tied: tuple[str, ...]  # networks statistically indistinguishable from the chosen one (itself included)
     pooled_std: float | None  # the seed spread pooled over the confirmed networks
     margin: dict[str, float | None]  # per network: the smallest difference the test could detect
+    by_confirm: bool = True  # made among the confirm stage's networks (False: among every trained one)
 
     @property
     def distinguishable(self) -> bool:
@@ -125,7 +126,8 @@ def decide(
     ranked = scores(rows, cost=cost)
     if not ranked:
         return None
-    pool = [s for s in ranked if s.network in set(confirmed)] or ranked
+    retrained = [s for s in ranked if s.network in set(confirmed)]
+    pool = retrained or ranked
     chosen = pool[0]
     spread = [(s.n - 1, s.std) for s in pool if s.std is not None]
     freedom = sum(df for df, _ in spread)
@@ -142,7 +144,7 @@ def decide(
         margins[score.network] = margin
         if chosen.mean - score.mean <= margin:
             tied.append(score.network)
-    return Decision(chosen=chosen, confirmed=tuple(pool), tied=tuple(tied), pooled_std=pooled, margin=margins)
+    return Decision(chosen, tuple(pool), tuple(tied), pooled, margins, by_confirm=bool(retrained))
 
 
 def _t_quantile(freedom: int) -> float:
@@ -191,12 +193,14 @@ def verdict_line(decision: Decision) -> str:
     chosen = decision.chosen
     spread = f" ± {chosen.std:.4f}" if chosen.std is not None else ""
     head = f"mean val accuracy {chosen.mean:.4f}{spread} over {chosen.n} seed(s)"
+    among = "confirmed network" if decision.by_confirm else "trained network"
     if decision.pooled_std is None:
-        return f"{head}; no seed spread was measured, so how sure this choice is is unknown (confirm stage off)"
+        why = "one seed per network" if decision.by_confirm else "confirm stage off"
+        return f"{head}; no seed spread was measured, so how sure this choice is is unknown ({why})"
     if decision.distinguishable:
-        return f"{head}; it beats every other confirmed network beyond the seed spread"
+        return f"{head}; it beats every other {among} beyond the seed spread"
     others = len(decision.tied) - 1
     return (
-        f"{head}; the data cannot tell it apart from {others} other confirmed network(s) "
+        f"{head}; the data cannot tell it apart from {others} other {among}(s) "
         f"(tie region in best.json): any of them is as good a choice on this evidence"
     )

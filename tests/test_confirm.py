@@ -59,3 +59,13 @@ def test_the_choice_is_the_best_mean_not_the_best_single_run():
 def test_equal_means_break_ties_by_fewer_flops_then_name():
     rows = {0: row(0, "big", 0, 0.9, flops=200), 1: row(1, "small", 0, 0.9, flops=100)}
     assert confirm.decide(rows).chosen.network == "small"
+
+
+def test_the_verdict_names_what_the_choice_was_made_among():
+    rows = {0: row(0, "a", 0, 0.90), 1: row(1, "a", 1, 0.70), 2: row(2, "b", 0, 0.85)}
+    # Confirm stage off: among every trained network (here a repeated seed gives a spread).
+    assert "from 1 other trained network(s)" in confirm.verdict_line(confirm.decide(rows))
+    assert "from 1 other confirmed network(s)" in confirm.verdict_line(confirm.decide(rows, confirmed=["a", "b"]))
+    single = {0: row(0, "a", 0, 0.90), 2: row(2, "b", 0, 0.85)}
+    assert confirm.verdict_line(confirm.decide(single)).endswith("is unknown (confirm stage off)")
+    assert confirm.verdict_line(confirm.decide(single, confirmed=["a", "b"])).endswith("(one seed per network)")
