@@ -1,4 +1,5 @@
-"""Reading a family's `architecture:` mapping, and depth rounding: what the built-in families share.
+"""Reading a family's `architecture:` mapping, depth rounding and when to skip weight init: what the
+built-in families share.
 
 Every check raises UserError naming the key, so a bad search-space file fails in one line before any
 model is built. `scale_stage_depths` is the one depth rule of the stage-based families (EfficientNet,
@@ -79,3 +80,9 @@ def scale_stage_depths(repeats: list[int], depth_mult: float, rounding: str) -> 
         largest = max(range(len(scaled)), key=lambda i: (scaled[i], i))
         scaled[largest] -= 1
     return scaled
+
+
+def shapes_only(model: Any) -> bool:
+    """Whether `model` was built on the meta device (to count shapes and MACs): its weights hold no
+    values, so initializing them is skipped (it was 80% of a MACs count)."""
+    return bool(next(model.parameters()).is_meta)

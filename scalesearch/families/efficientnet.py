@@ -22,6 +22,7 @@ from scalesearch.families.architecture import (
     choice,
     positive_int,
     scale_stage_depths,
+    shapes_only,
     stage_rows,
 )
 from scalesearch.families.base import Family, ModelSpec, StageInfo, register_family
@@ -252,8 +253,8 @@ class EfficientNetFamily(Family):
 
 def _init_weights(model: nn.Module) -> None:
     """The official initialization: fan-out normal convs, uniform linear, unit batch norm."""
-    if next(model.parameters()).is_meta:
-        return  # built on the meta device to count shapes and MACs: no values to set (and 80% of the time)
+    if shapes_only(model):
+        return
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out")

@@ -35,6 +35,7 @@ from scalesearch.families.architecture import (
     choice,
     positive_int,
     scale_stage_depths,
+    shapes_only,
     stage_rows,
 )
 from scalesearch.families.base import Family, ModelSpec, StageInfo, register_family
@@ -182,8 +183,8 @@ class ResNetFamily(Family):
 
 def _init_weights(model: nn.Module) -> None:
     """torchvision's ResNet initialization; the classifier keeps PyTorch's default Linear init."""
-    if next(model.parameters()).is_meta:
-        return  # built on the meta device to count shapes and MACs: no values to set (and 80% of the time)
+    if shapes_only(model):
+        return
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

@@ -29,7 +29,14 @@ import torch
 from torch import nn
 
 from scalesearch.errors import UserError
-from scalesearch.families.architecture import DEPTH_ROUNDING, check_keys, choice, positive_int, scale_stage_depths
+from scalesearch.families.architecture import (
+    DEPTH_ROUNDING,
+    check_keys,
+    choice,
+    positive_int,
+    scale_stage_depths,
+    shapes_only,
+)
 from scalesearch.families.base import Family, ModelSpec, StageInfo, register_family
 
 ARCHITECTURE_KEYS = {"patch_size", "embed_dim", "depth", "head_dim", "mlp_ratio", "depth_rounding"}
@@ -173,8 +180,8 @@ class ViTFamily(Family):
 
 def _init_weights(model: ViTModel) -> None:
     """timm's ViT init: trunc-normal(0.02) linears and position embedding, zero biases, unit LN."""
-    if next(model.parameters()).is_meta:
-        return  # built on the meta device to count shapes and MACs: no values to set (and 80% of the time)
+    if shapes_only(model):
+        return
     for module in model.modules():
         if isinstance(module, nn.Linear):
             nn.init.trunc_normal_(module.weight, std=0.02)
