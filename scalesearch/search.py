@@ -153,8 +153,9 @@ class SearchState:
                 return "done"
 
     def _confirm_plan(self) -> list[dict[str, Any]]:
-        """The confirm stage's rows (stage "confirm"): the seeds its best networks still lack; also
-        switches the progress line to the confirm stage."""
+        """The confirm stage's rows (stage "confirm"), planned from the search's rows alone and
+        numbered on from the search's, so a resumed stage has the numbers an uninterrupted one has
+        (rows already finished are skipped like a round's); also switches the progress line."""
         from scalesearch import confirm
 
         settings = self.settings
@@ -163,17 +164,17 @@ class SearchState:
         search_rows = {n: r for n, r in self.rows.items() if r["stage"] == "search"}
         self.confirmed = [score.network for score in confirm.scores(search_rows)][: settings.confirm_top]
         top, seeds = settings.confirm_top, settings.confirm_seeds
-        wanted = confirm.plan(self.rows, top=top, seeds=seeds, base_seed=settings.seed)
-        next_number = max([self.total - 1, *self.rows]) + 1
+        wanted = confirm.plan(search_rows, top=top, seeds=seeds, base_seed=settings.seed)
         planned = []
-        for number, (network_key, seed) in enumerate(wanted, start=next_number):
-            template = next(r for r in self.rows.values() if r["network"] == network_key)
+        for number, (network_key, seed) in enumerate(wanted, start=self.total):
+            template = next(r for r in search_rows.values() if r["network"] == network_key)
             row = {k: template.get(k) for k in self.networks[network_key].row(self.space.target)}
             unrequested = dict.fromkeys(("round", *REQUESTED_COLUMNS, "share_error"))
             planned.append({**row, **unrequested, "trial": number, "stage": "confirm", "seed": seed})
         if planned:
-            self.progress.title, self.progress.total, self.progress.done = "confirm", len(planned), 0
-            self.progress.start, self.progress.start_done = time.monotonic(), 0
+            done = sum(1 for row in planned if row["trial"] in self.rows)
+            self.progress.title, self.progress.total, self.progress.done = "confirm", len(planned), done
+            self.progress.start, self.progress.start_done = time.monotonic(), done
             self.refresh("confirm")
         return planned
 

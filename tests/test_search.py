@@ -138,10 +138,11 @@ def test_same_command_same_trials_at_concurrency_two(capsys, tmp_path):
     assert {r["stage"] for r in first.values()} == {"search", "confirm"}
     assert best["confirm"]["candidates"] and "seed" in best["verdict"]
 
-    # Stopped inside its confirm stage (the last confirm row lost), a run resumes to the same result.
-    last = max(first)
-    assert first[last]["stage"] == "confirm"
-    runs.write_trials(tmp_path / "b" / "trials.csv", {n: r for n, r in second.items() if n != last})
+    # Stopped inside its confirm stage (its first job lost, a later one finished), a run resumes to
+    # the same rows, trial numbers included, and the same result.
+    lost = min(n for n, r in first.items() if r["stage"] == "confirm")
+    assert lost < max(first)
+    runs.write_trials(tmp_path / "b" / "trials.csv", {n: r for n, r in second.items() if n != lost})
     (tmp_path / "b" / "best.json").unlink()
     assert search(capsys, tmp_path / "b", *argv, "--resume")[0] == 0
     assert _without_timings(read_rows(tmp_path / "b")) == _without_timings(first)
