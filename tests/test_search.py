@@ -184,6 +184,21 @@ def test_a_failed_write_stops_the_search_with_one_line(capsys, tmp_path, monkeyp
     assert (tmp_path / "run" / "search.json").is_file() and not (tmp_path / "run" / "best.json").exists()
 
 
+@pytest.mark.slow
+def test_a_failed_write_in_the_confirm_stage_stops_the_search_with_one_line(capsys, tmp_path, monkeypatch):
+    def full_disk_once_confirming(path, text):
+        if Path(path).name == "trials.csv" and ",confirm," in text:
+            raise OSError(28, "No space left on device")
+        return original(path, text)
+
+    original = runs.atomic_write_text
+    monkeypatch.setattr(runs, "atomic_write_text", full_disk_once_confirming)
+    status, _, err = search(capsys, tmp_path / "run", "--confirm-top", "2", "--confirm-seeds", "2")
+    assert status == 2 and "No space left on device" in err and err.count("\n") == 1
+    rows = read_rows(tmp_path / "run")
+    assert {r["stage"] for r in rows.values()} == {"search"} and not (tmp_path / "run" / "best.json").exists()
+
+
 def test_finished_folder_refuses_a_new_search_and_resume_checks_the_fingerprint(capsys, grid_run):
     status, _, err = search(capsys, grid_run, "--confirm-top", "0")
     assert status == 2 and "holds a finished search" in err
