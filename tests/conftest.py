@@ -15,6 +15,9 @@ def shared_ray() -> Iterator[None]:
     (3-4 s) once instead of per search; modules without it cover the search's own local start."""
     import ray
 
+    from scalesearch.cluster import AUTH_MODE_ENV, _set_auth_mode
+
+    saved_mode = os.environ.get(AUTH_MODE_ENV)  # ray.init sets it for a local Ray; later tests must not see it
     ray.init(
         address="local",
         num_cpus=os.cpu_count() or 1,
@@ -27,3 +30,5 @@ def shared_ray() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+        if os.environ.get(AUTH_MODE_ENV) != saved_mode:
+            _set_auth_mode(saved_mode)
