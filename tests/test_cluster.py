@@ -39,24 +39,28 @@ def _closed_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def silent_server() -> Iterator[str]:
-    """A TCP service that accepts connections and never says a word (what hung ray.init for minutes)."""
+def _tcp_service(greeting: bytes) -> Iterator[str]:
+    """A TCP service on loopback that accepts every connection, sends it `greeting` (maybe nothing)
+    and then never says another word; yields its address and closes everything afterwards."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
     held: list[socket.socket] = []
     stop = threading.Event()
 
-    def accept() -> None:
+    def serve() -> None:
         server.settimeout(0.2)
         while not stop.is_set():
             try:
-                held.append(server.accept()[0])
+                connection = server.accept()[0]
             except OSError:
                 continue
+            held.append(connection)
+            if greeting:
+                with contextlib.suppress(OSError):
+                    connection.sendall(greeting)
 
-    thread = threading.Thread(target=accept, daemon=True)
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield f"127.0.0.1:{server.getsockname()[1]}"
     stop.set()
@@ -64,6 +68,12 @@ def silent_server() -> Iterator[str]:
     for connection in held:
         connection.close()
     server.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A TCP service that accepts connections and never says a word (what hung ray.init for minutes)."""
+    yield from _tcp_service(b"")
 
 
 @pytest.fixture
@@ -86,31 +96,7 @@ def http_server() -> Iterator[str]:
 def grpc_lookalike() -> Iterator[str]:
     """A service that answers the HTTP/2 preface like a gRPC server, then never answers a call: only
     Ray's own GCS client can tell it is not Ray, and that client blocks (and ignores Ctrl-C)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                connection = server.accept()[0]
-            except OSError:
-                continue
-            held.append(connection)
-            with contextlib.suppress(OSError):
-                connection.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # an empty SETTINGS frame
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for connection in held:
-        connection.close()
-    server.close()
+    yield from _tcp_service(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # an empty SETTINGS frame
 
 
 @pytest.mark.parametrize(
