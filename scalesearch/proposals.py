@@ -89,17 +89,20 @@ def sampler_kind(name: str) -> SamplerKind:
 
 
 class GridProposer:
-    """Walks a fixed list of points (the realizable networks' shares, spread evenly), in order."""
+    """Walks a fixed list of points (the realizable networks' shares, spread evenly), in order: a
+    round starts after the points of the trials told so far (every trial of every earlier round is
+    told, so a short last round continues the walk instead of repeating points)."""
 
     def __init__(self, points: Sequence[Shares]) -> None:
         self.points = list(points)
+        self.told = 0
 
     def propose(self, round_number: int, count: int) -> list[Shares]:
-        start = round_number * count
-        return self.points[start : start + count]
+        return self.points[self.told : self.told + count]
 
     def tell(self, shares: Shares, values: Sequence[float] | None) -> None:
-        """The grid does not learn."""
+        """The grid does not learn; it counts the trials behind it."""
+        self.told += 1
 
 
 class StudyProposer:

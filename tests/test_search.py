@@ -70,6 +70,15 @@ def test_share_parameterization_is_exact_and_invertible():
         assert share_params(shares) == pytest.approx(params)
 
 
+def test_grid_walks_on_through_a_short_last_round():
+    points = [Shares(1 - i / 10, i / 10, 0) for i in range(6)]
+    proposer = make_proposer("grid", seed=0, trials=6, grid_points=points)
+    first = proposer.propose(0, 4)
+    for point in first:
+        proposer.tell(point, [0.5])
+    assert first + proposer.propose(1, 2) == points  # six trials, six distinct points
+
+
 def test_seeded_tpe_rounds_are_reproducible():
     def rounds() -> list:
         proposer = make_proposer("tpe", seed=7, trials=8)
