@@ -16,22 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from scalesearch.errors import UserError
-from scalesearch.family_table import render_data
+from scalesearch.family_table import VARIANT_KEYS, render_data
 from scalesearch.runs import Run, run_space
 
 EXPORT_FORMATS = ("json", "yaml", "python", "timm", "torchvision")
-EXPORT_VARIANT_KEYS = (
-    "name",
-    "phi",
-    "depth_mult",
-    "width_mult",
-    "resolution",
-    "dropout",
-    "stages",
-    "params",
-    "flops",
-    "flops_ratio",
-)
+EXPORT_VARIANT_KEYS = (*VARIANT_KEYS, "stages", "params", "flops", "flops_ratio")
 
 
 def _scale_inline(stages: Sequence[tuple[str, int, int]], width: float, depth: float, divisor: int) -> list[dict]:

@@ -20,18 +20,9 @@ if TYPE_CHECKING:
     from scalesearch.spaces import SearchSpace
 
 FORMATS = ("table", "json", "yaml", "markdown")
-TABLE_COLUMNS = [
-    "name",
-    "phi",
-    "depth_mult",
-    "width_mult",
-    "resolution",
-    "dropout",
-    "params",
-    "gflops",
-    "flops_ratio",
-    "theoretical_ratio",
-]
+# What defines a variant, first in every view of a family (the table here, export's variants).
+VARIANT_KEYS = ("name", "phi", "depth_mult", "width_mult", "resolution", "dropout")
+TABLE_COLUMNS = [*VARIANT_KEYS, "params", "gflops", "flops_ratio", "theoretical_ratio"]
 # Extra columns of `family_table(..., costs=True)`, shown after the FLOPs ones.
 COST_TABLE_COLUMNS = ["mactivations", "latency_ms", "throughput_ms", "train_memory_mb"]
 # Batch sizes of the measured costs of a family (B7 at 600 px on a CPU: keep them small).
