@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from scalesearch.spaces import SearchSpace
 
 
+# Whether the Ray session in use was started by ray_session (and so ends with it), or is the caller's.
+_started_here = False
+
+
 class ResourceSettings(Protocol):
     """What ray_session needs to know of a command's settings."""
 
@@ -277,14 +281,23 @@ def ray_session(settings: ResourceSettings, *, space: SearchSpace | None = None)
         access = check_address(address) if address and address != "local" else None
         saved_mode = os.environ.get(AUTH_MODE_ENV)
         quiet = logging.DEBUG if settings.verbose else logging.ERROR
+        global _started_here
         try:
             where = _init_ray(settings, access, logging_level=quiet, runtime_env=runtime_env)
+            _started_here = True
             _check_resources(settings, ray.cluster_resources(), where="the cluster")
             yield where
         finally:
+            _started_here = False
             ray.shutdown()
             if os.environ.get(AUTH_MODE_ENV) != saved_mode:
                 _set_auth_mode(saved_mode)
+
+
+def session_started_here() -> bool:
+    """Whether the Ray session in use was started by ray_session, so that its shutdown on the way out
+    ends every task this process submitted (rather than the caller's own session, which outlives us)."""
+    return _started_here
 
 
 def _existing_session(settings: ResourceSettings, runtime_env: dict[str, Any] | None) -> str:

@@ -155,8 +155,14 @@ def run_jobs(
 ) -> list[Outcome]:
     """Run `jobs` as Ray tasks, at most `concurrency` at once, in an already started Ray session;
     returns their outcomes in the order of `jobs`, and hands each to `on_done(index, outcome)` as it
-    finishes (so it is saved at once). Ctrl-C cancels what is running and propagates."""
+    finishes (so it is saved at once). Ctrl-C propagates; what is running ends with the session.
+
+    Running tasks are cancelled only in the caller's own Ray session: Ray 2.60's cancel can abort the
+    driver when a task finishes at that instant (ray-project/ray#54846, "Tried to complete task that was
+    not pending"), and a session ray_session started ends every task anyway when it shuts down."""
     import ray
+
+    from scalesearch.cluster import session_started_here
 
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(train_job)
     outcomes: dict[int, Outcome] = {}
@@ -178,8 +184,9 @@ def run_jobs(
             if on_done is not None:
                 on_done(index, outcomes[index])
     except KeyboardInterrupt:
-        for ref in running:
-            ray.cancel(ref, force=True)
+        if not session_started_here():
+            for ref in running:
+                ray.cancel(ref, force=True)
         raise
     return [outcomes[i] for i in range(len(jobs))]
 

@@ -291,6 +291,24 @@ def test_ctrl_c_ends_with_130_and_keeps_the_finished_rows(tmp_path_factory, tmp_
     rows = pd.read_csv(csv_path)
     assert len(rows) and set(rows["status"]) == {"completed"} and len(rows) < 4 * 2 * 2
     assert not (run_dir / "validation.png").exists()  # the earlier plot no longer matches
+    # The tasks that were running end with the Ray session the command started (no cancel needed).
+    deadline = time.monotonic() + 20
+    while _processes_named("ray::train_job") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _processes_named("ray::train_job")
+
+
+def _processes_named(name: str) -> list[str]:
+    """The pids of this machine's processes whose command line contains `name` (Ray names a worker
+    after the task it runs)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if name.encode() in cmdline.read_bytes():
+                found.append(cmdline.parent.name)
+        except OSError:  # ended while we looked
+            continue
+    return found
 
 
 @pytest.mark.parametrize(
