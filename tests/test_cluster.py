@@ -145,6 +145,7 @@ def _sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow
 def test_ctrl_c_interrupts_the_probe(grpc_lookalike: str) -> None:
     """Ctrl-C while Ray's GCS client waits on a service that never answers: the check stops at once."""
     code = f"from scalesearch.cluster import check_address; check_address({grpc_lookalike!r}, timeout=30)"
@@ -176,6 +177,7 @@ def test_search_on_a_closed_port_ends_with_one_line(tmp_path: Path, capsys: pyte
     assert seconds < LIMIT_S
 
 
+@pytest.mark.slow  # waits out the default probe limit; test_silent_service_fails_within_the_limit is quick
 def test_search_on_a_silent_service_ends_with_one_line(
     silent_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -192,6 +194,7 @@ def test_search_on_an_http_server_ends_with_one_line(
     assert seconds < LIMIT_S
 
 
+@pytest.mark.slow
 def test_search_interrupted_while_probing_exits_130(grpc_lookalike: str, tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "scalesearch", "search", "--space", TINY_SPACE, "--address", grpc_lookalike,
             "--out", str(tmp_path / "run"), "--quiet"]  # fmt: skip

@@ -8,18 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-# pytest puts tests/ on sys.path (rootdir-relative "prepend" imports), so the session's shared
-# tiny run is built once for every module that needs it.
-from test_validate import shared_run
-
 from scalesearch.cli import main
 
 MULTIPLIER_KEYS = ("name", "phi", "depth_mult", "width_mult", "resolution", "dropout", "stages")
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, shared_ray) -> Path:
-    return shared_run(tmp_path_factory, validated=False)
+@pytest.fixture
+def run_dir(tiny_grid_run) -> Path:
+    """The session's finished tiny grid run (tests/conftest.py), which export only reads."""
+    return tiny_grid_run
 
 
 def export(capsys, run_dir: Path, fmt: str) -> str:

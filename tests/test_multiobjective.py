@@ -54,6 +54,7 @@ def test_multi_objective_tpe_on_latency_end_to_end(tmp_path, capsys):
     assert manifest["ray_address"].startswith("local (started by scalesearch") and not ray.is_initialized()
 
 
+@pytest.mark.usefixtures("shared_ray")  # the TPE test above covers a search's own local Ray
 def test_multi_objective_grid_trains_the_realizable_set_and_marks_the_front(tmp_path):
     out = tmp_path / "run"
     run(out, "--objective", "accuracy,params", "--confirm-top", "0")

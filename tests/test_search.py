@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,28 +91,18 @@ def test_seeded_tpe_rounds_are_reproducible():
     assert rounds() == rounds()
 
 
-@pytest.fixture(scope="module")
-def grid_run(tmp_path_factory):
-    """One uninterrupted grid search of the tiny space (3 networks of its realizable set, 1 epoch)."""
-    out = tmp_path_factory.mktemp("grid") / "run"
-    status = main(["search", "--space", TINY, "--out", str(out), "--family-phis", "0-1", "--quiet",
-                   "--confirm-top", "0"])  # fmt: skip
-    assert status == 0
-    return out
-
-
-def test_grid_search_trains_distinct_networks_of_the_realizable_set(grid_run):
-    best = check_run_folder(grid_run, trials=3)
-    rows = read_rows(grid_run)
+def test_grid_search_trains_distinct_networks_of_the_realizable_set(tiny_grid_run):
+    best = check_run_folder(tiny_grid_run, trials=3)
+    rows = read_rows(tiny_grid_run)
     assert len({r["network"] for r in rows.values()}) == 3
     assert all(r["share_error"] == pytest.approx(0.0, abs=1e-12) for r in rows.values())  # grid asks for networks
     assert "unknown" in best["verdict"]  # confirm stage off: no spread, and it says so
 
 
-def test_a_search_uses_the_ray_session_this_process_runs_and_leaves_it_running(grid_run):
+def test_a_search_uses_the_ray_session_this_process_runs_and_leaves_it_running(tiny_grid_run):
     import ray
 
-    manifest = json.loads((grid_run / "manifest.json").read_text())
+    manifest = json.loads((tiny_grid_run / "manifest.json").read_text())
     assert manifest["ray_address"].startswith("this process's Ray session")
     assert ray.is_initialized()
 
@@ -134,26 +125,37 @@ def _without_timings(rows: dict[int, dict]) -> dict[int, dict]:
     return {n: {k: v for k, v in r.items() if k not in TIMED} for n, r in rows.items()}
 
 
+# A TPE search at concurrency 2 with ASHA (its last trial is stopped early) and a confirm stage.
+DETERMINISM_ARGV = ["--sampler", "tpe", "--trials", "6", "--epochs", "2", "--scheduler", "asha", "--seed", "5",
+                    "--confirm-top", "2", "--confirm-seeds", "2", "--concurrency", "2"]  # fmt: skip
+
+
 def test_same_command_same_trials_at_concurrency_two(capsys, tmp_path):
     """Proposals, early stopping and training do not depend on which worker finishes first."""
-    argv = ["--sampler", "tpe", "--trials", "6", "--epochs", "2", "--scheduler", "asha", "--seed", "5",
-            "--confirm-top", "2", "--confirm-seeds", "2", "--concurrency", "2"]  # fmt: skip
-    assert search(capsys, tmp_path / "a", *argv)[0] == 0
-    assert search(capsys, tmp_path / "b", *argv)[0] == 0
+    assert search(capsys, tmp_path / "a", *DETERMINISM_ARGV)[0] == 0
+    assert search(capsys, tmp_path / "b", *DETERMINISM_ARGV)[0] == 0
     first, second = read_rows(tmp_path / "a"), read_rows(tmp_path / "b")
     assert _without_timings(first) == _without_timings(second)
     best = check_run_folder(tmp_path / "a", trials=6)
     assert best == {**json.loads((tmp_path / "b" / "best.json").read_text()), "space_path": best["space_path"]}
     assert {r["stage"] for r in first.values()} == {"search", "confirm"}
+    assert "stopped" in {r["status"] for r in first.values()}
     assert best["confirm"]["candidates"] and "seed" in best["verdict"]
 
-    # Stopped inside its confirm stage (its first job lost, a later one finished), a run resumes to
-    # the same rows, trial numbers included, and the same result.
+
+@pytest.mark.slow
+def test_a_run_stopped_inside_its_confirm_stage_resumes_to_the_same_rows(capsys, tmp_path):
+    """Stopped inside its confirm stage (its first job lost, a later one finished), a run resumes to
+    the same rows, trial numbers included, and the same result."""
+    assert search(capsys, tmp_path / "a", *DETERMINISM_ARGV)[0] == 0
+    first = read_rows(tmp_path / "a")
+    best = json.loads((tmp_path / "a" / "best.json").read_text())
     lost = min(n for n, r in first.items() if r["stage"] == "confirm")
     assert lost < max(first)
-    runs.write_trials(tmp_path / "b" / "trials.csv", {n: r for n, r in second.items() if n != lost})
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    runs.write_trials(tmp_path / "b" / "trials.csv", {n: r for n, r in first.items() if n != lost})
     (tmp_path / "b" / "best.json").unlink()
-    assert search(capsys, tmp_path / "b", *argv, "--resume")[0] == 0
+    assert search(capsys, tmp_path / "b", *DETERMINISM_ARGV, "--resume")[0] == 0
     assert _without_timings(read_rows(tmp_path / "b")) == _without_timings(first)
     assert json.loads((tmp_path / "b" / "best.json").read_text())["value"] == best["value"]
 
@@ -168,6 +170,7 @@ def test_tpe_search_records_a_failing_trial_and_goes_on(capsys, tmp_path, monkey
     assert [r["trial"] for r in failed] == [1] and "injected fault" in failed[0]["error"]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_a_failed_trial_and_the_search_goes_on(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("SCALESEARCH_INJECT_FAULT", "exit:0")  # the worker process dies mid-trial
     status, _, err = search(capsys, tmp_path / "run", "--confirm-top", "0")
@@ -177,6 +180,7 @@ def test_a_killed_worker_is_a_failed_trial_and_the_search_goes_on(capsys, tmp_pa
     assert {rows[1]["status"], rows[2]["status"]} == {"completed"}
 
 
+@pytest.mark.slow
 def test_a_failed_write_stops_the_search_with_one_line(capsys, tmp_path, monkeypatch):
     calls = []
 
@@ -208,10 +212,10 @@ def test_a_failed_write_in_the_confirm_stage_stops_the_search_with_one_line(caps
     assert {r["stage"] for r in rows.values()} == {"search"} and not (tmp_path / "run" / "best.json").exists()
 
 
-def test_finished_folder_refuses_a_new_search_and_resume_checks_the_fingerprint(capsys, grid_run):
-    status, _, err = search(capsys, grid_run, "--confirm-top", "0")
+def test_finished_folder_refuses_a_new_search_and_resume_checks_the_fingerprint(capsys, tiny_grid_run):
+    status, _, err = search(capsys, tiny_grid_run, "--confirm-top", "0")
     assert status == 2 and "holds a finished search" in err
-    status, _, err = search(capsys, grid_run, "--resume", "--epochs", "2", "--confirm-top", "0")
+    status, _, err = search(capsys, tiny_grid_run, "--resume", "--epochs", "2", "--confirm-top", "0")
     assert status == 2 and "holds a different search (differs in: epochs, recipe)" in err
 
 
@@ -245,7 +249,7 @@ def test_trials_round_trip_at_full_precision_and_damaged_rows_are_named(tmp_path
 
 
 @pytest.mark.slow
-def test_interrupted_search_resumes_to_the_uninterrupted_result(capsys, tmp_path, grid_run):
+def test_interrupted_search_resumes_to_the_uninterrupted_result(capsys, tmp_path, tiny_grid_run):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "scalesearch.cli", "search", "--space", TINY, "--out", str(out),
                "--family-phis", "0-1", "--concurrency", "1", "--confirm-top", "0"]  # fmt: skip
@@ -267,7 +271,7 @@ def test_interrupted_search_resumes_to_the_uninterrupted_result(capsys, tmp_path
     best = check_run_folder(out, trials=3)
     after = read_rows(out)
     assert _without_timings({n: after[n] for n in done_before}) == _without_timings(done_before)
-    uninterrupted = json.loads((grid_run / "best.json").read_text())
+    uninterrupted = json.loads((tiny_grid_run / "best.json").read_text())
     assert (best["alpha"], best["beta"], best["gamma"], best["value"]) == (
         uninterrupted["alpha"], uninterrupted["beta"], uninterrupted["gamma"], uninterrupted["value"]
     )  # fmt: skip
