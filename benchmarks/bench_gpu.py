@@ -32,9 +32,9 @@ import torch
 
 def build(kind: str, num_classes: int, in_channels: int) -> tuple[Any, int]:
     """(model factory, resolution) for "proxy" (the search's default proxy) or "b0-64" (full B0, 64 px)."""
-    from scalesearch.families import ModelSpec
-    from scalesearch.scaling import Coefficients
-    from scalesearch.spaces import load_space
+    from scalesearch.config.spaces import load_space
+    from scalesearch.core.scaling import Coefficients
+    from scalesearch.models.families import ModelSpec
 
     space = load_space("efficientnet_b0")
     if kind == "proxy":
@@ -46,9 +46,9 @@ def build(kind: str, num_classes: int, in_channels: int) -> tuple[Any, int]:
 
 def trial(args: argparse.Namespace, kind: str, born: float, barrier: Any, queue: Any) -> None:
     """One trial in its own process; puts its figures on the queue."""
-    from scalesearch.data import load_dataset
-    from scalesearch.recipe import Recipe
-    from scalesearch.train import train_model
+    from scalesearch.config.recipe import Recipe
+    from scalesearch.data.datasets import load_dataset
+    from scalesearch.training.trainer import train_model
 
     dataset = load_dataset(args.dataset)
     factory, resolution = build(kind, dataset.num_classes, dataset.in_channels)
@@ -132,7 +132,7 @@ def main() -> None:
             "bench_gpu.py: no CUDA device available (torch.cuda.is_available() is False); nothing to measure"
         )
 
-    from scalesearch.data import load_dataset
+    from scalesearch.data.datasets import load_dataset
 
     load_dataset(args.dataset)  # generate (and cache on disk) once, before the trials start
     print(

@@ -38,11 +38,11 @@ WORKER = """
 import json, resource, sys, time
 mode, spec, resolution = sys.argv[1], sys.argv[2], int(sys.argv[3])
 import dataclasses, torch
-from scalesearch.data import load_dataset
-from scalesearch.recipe import Recipe
-from scalesearch.scaling import Coefficients
-from scalesearch.spaces import load_space
-from scalesearch.train import train_model
+from scalesearch.data.datasets import load_dataset
+from scalesearch.config.recipe import Recipe
+from scalesearch.core.scaling import Coefficients
+from scalesearch.config.spaces import load_space
+from scalesearch.training.trainer import train_model
 start = time.perf_counter()
 if mode == "train":
     dataset = load_dataset(spec)
@@ -71,7 +71,7 @@ def write_folder(root: Path, images: int, size: int, classes: int) -> None:
     from PIL import Image
 
     sys.path.insert(0, str(REPO))
-    from scalesearch.synthetic import synthetic_chunks
+    from scalesearch.data.synthetic import synthetic_chunks
 
     done = 0
     chunks = synthetic_chunks(n=images, classes=classes, size=size, channels=3, seed=0, noise=0.1)

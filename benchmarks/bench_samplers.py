@@ -9,7 +9,7 @@ optimum, and Gaussian seed noise of σ_noise = 0.0075 by default: the seed-to-se
 accuracy on digits is about 0.005-0.01). Three optima: corner-ish (0.1, 0.1, 0.8), the paper's
 (0.26, 0.28, 0.46) and a depth-heavy interior one (0.5, 0.3, 0.2).
 
-The round loop is the search's (`scalesearch.search.SearchState`): propose a round of `--batch`
+The round loop is the search's (`scalesearch.search.rounds.SearchState`): propose a round of `--batch`
 points with `make_proposer(sampler, seed=, trials=N, grid_points=)`, snap each proposal to the
 nearest point of the "realizable set" (here `simplex_lattice(--lattice)`, nearest by L∞ then L2, as
 `RealizableSet.nearest`), score it, and once the round is complete tell every trial's realized point
@@ -54,8 +54,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # single-threaded: GPSampler fits with torch
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-from scalesearch.proposals import make_proposer
-from scalesearch.scaling import Shares, share_distance, simplex_lattice
+from scalesearch.core.scaling import Shares, share_distance, simplex_lattice
+from scalesearch.search.proposals import make_proposer
 
 SAMPLER_ORDER = ("grid", "random", "tpe", "gp")
 

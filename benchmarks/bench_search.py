@@ -24,14 +24,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from scalesearch.data import load_dataset
-from scalesearch.planner import realizable_set
-from scalesearch.recipe import Recipe
-from scalesearch.scaling import Shares
-from scalesearch.search import run_search
-from scalesearch.settings import SearchSettings
-from scalesearch.spaces import load_space
-from scalesearch.train import train_model
+from scalesearch.config.recipe import Recipe
+from scalesearch.config.settings import SearchSettings
+from scalesearch.config.spaces import load_space
+from scalesearch.core.scaling import Shares
+from scalesearch.data.datasets import load_dataset
+from scalesearch.planning.planner import realizable_set
+from scalesearch.search.driver import run_search
+from scalesearch.training.trainer import train_model
 
 TINY = str(Path(__file__).resolve().parent.parent / "tests" / "data" / "tiny_space.yaml")
 

@@ -1,7 +1,7 @@
 """Trainer throughput: `train_model` against a minimal hand-written PyTorch loop, memory layouts, and
 CPU trial packing.
 
-1. images/s of `scalesearch.train.train_model` (NCHW, forced) against the smallest honest training
+1. images/s of `scalesearch.training.trainer.train_model` (NCHW, forced) against the smallest honest training
    loop one could write by hand (same model, data, batch size, optimizer, loss, threads and layout),
    alternating the two so background load hits both alike. Target: ratio >= 0.95.
 2. Memory layouts side by side: images/s of the trainer in NCHW (contiguous), channels-last and its
@@ -30,13 +30,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from scalesearch.data import load_dataset
-from scalesearch.dataprep import resized_images, split_dataset
-from scalesearch.layout import clear_layout_cache
-from scalesearch.recipe import Recipe
-from scalesearch.scaling import Coefficients
-from scalesearch.spaces import load_space
-from scalesearch.train import EpochMetrics, train_model
+from scalesearch.config.recipe import Recipe
+from scalesearch.config.spaces import load_space
+from scalesearch.core.scaling import Coefficients
+from scalesearch.data.datasets import load_dataset
+from scalesearch.data.prep import resized_images, split_dataset
+from scalesearch.training.layout import clear_layout_cache
+from scalesearch.training.trainer import EpochMetrics, train_model
 
 PAPER = Coefficients(1.2, 1.1, 1.15)
 

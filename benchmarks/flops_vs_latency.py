@@ -41,12 +41,19 @@ import pandas as pd
 import torch
 from scipy.stats import kendalltau
 
-from scalesearch.cost import count_flops, count_params, measure_activations, measure_latency, measure_latency_ratio
-from scalesearch.planner import realizable_set, requested_shares, share_error
-from scalesearch.results import atomic_write_text
-from scalesearch.scaling import Coefficients, Shares
-from scalesearch.spaces import load_space
-from scalesearch.validate import BASELINES, baseline_shares
+from scalesearch.config.spaces import load_space
+from scalesearch.core.atomic import atomic_write_text
+from scalesearch.core.scaling import Coefficients, Shares
+from scalesearch.models.cost import (
+    count_flops,
+    count_params,
+    measure_activations,
+    measure_latency,
+    measure_latency_ratio,
+)
+from scalesearch.outputs.runs import BASELINES
+from scalesearch.planning.planner import realizable_set, requested_shares, share_error
+from scalesearch.validation.validate import baseline_shares
 
 WARMUP, REPEATS = 3, 15
 THROUGHPUT_BATCH = 8

@@ -96,7 +96,7 @@ def plot(out: Path, seeds: list[int]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from scalesearch.runs import read_trials
+    from scalesearch.outputs.runs import read_trials
 
     figure, axes = plt.subplots(1, len(seeds), figsize=(4.2 * len(seeds), 4), squeeze=False)
     for axis, seed in zip(axes[0], seeds):

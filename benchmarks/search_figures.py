@@ -3,7 +3,7 @@ distinct networks were trained, and what the confirm stage cost against the sear
 
     python benchmarks/search_figures.py results/default results/runs/*
 
-Prints one row per run folder (reads trials.csv, best.json and manifest.json through scalesearch.runs).
+Prints one row per run folder (reads trials.csv, best.json and manifest.json through scalesearch.outputs.runs).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from scalesearch import runs
+from scalesearch.outputs import runs
 
 
 def figures(run_dir: Path) -> dict[str, object]:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from scalesearch import __version__
-from scalesearch.errors import UserError
+from scalesearch.core.errors import UserError
 
 # The order here is the order of `scalesearch --help`.
 COMMANDS = ["family", "data", "train", "search", "validate", "plot", "report", "export"]
@@ -43,7 +43,7 @@ def _check_cluster_early(args: argparse.Namespace) -> None:
         return
     address = args.address or os.environ.get("RAY_ADDRESS")
     if address and address != "local":
-        from scalesearch.cluster import check_address
+        from scalesearch.execution.cluster import check_address
 
         check_address(address)
 

@@ -22,7 +22,7 @@ def shared_ray() -> Iterator[None]:
     stop (3-4 s) once instead of per search; the tests without it cover the search's own local start."""
     import ray
 
-    from scalesearch.cluster import AUTH_MODE_ENV, _set_auth_mode
+    from scalesearch.execution.cluster import AUTH_MODE_ENV, _set_auth_mode
 
     saved_mode = os.environ.get(AUTH_MODE_ENV)  # ray.init sets it for a local Ray; later tests must not see it
     ray.init(
@@ -48,7 +48,7 @@ def tiny_grid_run(tmp_path_factory: pytest.TempPathFactory, shared_ray: None) ->
     from scalesearch.cli import main
 
     out = tmp_path_factory.mktemp("grid") / "run"
-    space = Path(__file__).parent / "data" / "tiny_space.yaml"
+    space = Path(__file__).resolve().parent / "fixtures" / "tiny_space.yaml"
     argv = ["search", "--space", str(space), "--out", str(out), "--family-phis", "0-1", "--quiet", "--confirm-top", "0"]
     assert main(argv) == 0
     return out

@@ -40,9 +40,9 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
 
 def describe(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     """What the dataset and its split hold, as plain data (the JSON output)."""
-    from scalesearch.data import load_dataset
-    from scalesearch.dataprep import split_dataset
-    from scalesearch.recipe import Recipe
+    from scalesearch.config.recipe import Recipe
+    from scalesearch.data.datasets import load_dataset
+    from scalesearch.data.prep import split_dataset
 
     overrides = {"val_fraction": args.val_fraction, "split_seed": args.split_seed}
     recipe = Recipe.from_mapping({k: v for k, v in overrides.items() if v is not None})
@@ -73,7 +73,7 @@ def describe(spec: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scalesearch.tables import text_table
+    from scalesearch.core.tables import text_table
 
     info = describe(args.spec, args)
     if args.format == "json":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from scalesearch.errors import UserError
+from scalesearch.core.errors import UserError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -23,9 +23,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from scalesearch.export import EXPORT_FORMATS, render_export, rule_export
-    from scalesearch.results import write_or_print
-    from scalesearch.runs import read_run
+    from scalesearch.core.atomic import write_or_print
+    from scalesearch.outputs.export import EXPORT_FORMATS, render_export, rule_export
+    from scalesearch.outputs.runs import read_run
 
     if args.format not in EXPORT_FORMATS:
         raise UserError(f"unknown export format {args.format!r} (choose from {', '.join(EXPORT_FORMATS)})")

@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from scalesearch.errors import UserError
+from scalesearch.core.errors import UserError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from scalesearch.family_table import FORMATS
+    from scalesearch.outputs.family_table import FORMATS
 
     parser = subparsers.add_parser(
         "family",
@@ -50,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def read_best(run_dir: str) -> tuple[dict, str | None]:
     """The coefficients stored in RUN_DIR/best.json, and the space the run searched (None: not recorded)."""
-    from scalesearch.runs import BEST, recorded_space
+    from scalesearch.outputs.runs import BEST, recorded_space
 
     path = Path(run_dir) / BEST
     if not path.is_file():
@@ -64,10 +64,10 @@ def read_best(run_dir: str) -> tuple[dict, str | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scalesearch.family_table import family_table, render_family
-    from scalesearch.results import write_or_print
-    from scalesearch.scaling import Coefficients, parse_phis
-    from scalesearch.spaces import DEFAULT_SPACE, load_space
+    from scalesearch.config.spaces import DEFAULT_SPACE, load_space
+    from scalesearch.core.atomic import write_or_print
+    from scalesearch.core.scaling import Coefficients, parse_phis
+    from scalesearch.outputs.family_table import family_table, render_family
 
     if args.num_classes < 1 or args.in_channels < 1:
         raise UserError("--num-classes and --in-channels must be >= 1")

@@ -22,8 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from scalesearch.plots import check_image_path, plot_runs
-    from scalesearch.views import read_view
+    from scalesearch.outputs.plots import check_image_path, plot_runs
+    from scalesearch.outputs.views import read_view
 
     out = check_image_path(args.out)
     for run_dir in args.run_dirs:

@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from scalesearch.report import write_report
+    from scalesearch.outputs.report import write_report
 
     print(f"wrote {write_report(args.run_dir, args.out)}")
     return 0

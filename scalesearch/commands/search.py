@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scalesearch.errors import UserError
+from scalesearch.core.errors import UserError
 
 # Flags that override the space's `search:` section; None means "not given on the command line".
 OVERRIDABLE = (
@@ -106,8 +106,8 @@ def _newest_match(prefix: str) -> Path | None:
 
 def settings_from_args(args: argparse.Namespace) -> Any:
     """Merge the space's `search:` defaults with the flags into SearchSettings."""
-    from scalesearch.settings import SearchSettings
-    from scalesearch.spaces import load_space
+    from scalesearch.config.settings import SearchSettings
+    from scalesearch.config.spaces import load_space
 
     space = load_space(args.space)
     defaults = dict(space.search)
@@ -141,8 +141,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scalesearch.family_table import render_family
-    from scalesearch.search import run_search
+    from scalesearch.outputs.family_table import render_family
+    from scalesearch.search.driver import run_search
 
     settings = settings_from_args(args)
     if args.dry_run:
@@ -183,12 +183,12 @@ def run(args: argparse.Namespace) -> int:
 
 def dry_run(settings: Any) -> int:
     """Print the realizable networks on the budget band and how well they cover the simplex."""
-    from scalesearch.data import load_dataset
-    from scalesearch.planner import describe
-    from scalesearch.search import search_set
-    from scalesearch.spaces import load_space
+    from scalesearch.config.spaces import load_space
+    from scalesearch.data.datasets import load_dataset
+    from scalesearch.planning.planner import describe
+    from scalesearch.search.driver import check_settings, search_set
 
-    settings.validate()
+    check_settings(settings)
     space = load_space(settings.space_path)
     dataset = load_dataset(settings.dataset)
     found = search_set(settings, space, dataset)

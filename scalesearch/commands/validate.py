@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scalesearch.errors import UserError
+from scalesearch.core.errors import UserError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -39,9 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from scalesearch.runs import read_run
-    from scalesearch.scaling import parse_phis
-    from scalesearch.validate import VALIDATION_CSV, ValidationOptions, parse_baselines, run_validation
+    from scalesearch.core.scaling import parse_phis
+    from scalesearch.outputs.runs import read_run
+    from scalesearch.validation.validate import VALIDATION_CSV, ValidationOptions, parse_baselines, run_validation
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
@@ -71,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_results(rows: pd.DataFrame, run_dir: Path) -> None:
     """The summary per strategy and phi, the verdict per phi with how far to trust it, and what was written."""
-    from scalesearch.tables import text_table
-    from scalesearch.validate import VALIDATION_CSV, VALIDATION_PNG
-    from scalesearch.verdict import VERDICT_COLUMNS, summarize, verdict, verdict_note, verdict_records
+    from scalesearch.core.tables import text_table
+    from scalesearch.outputs.runs import VALIDATION_CSV, VALIDATION_PNG
+    from scalesearch.outputs.verdict import VERDICT_COLUMNS, summarize, verdict, verdict_note, verdict_records
 
     summary = summarize(rows)
 
