@@ -132,11 +132,17 @@ LIBRARY_USAGE = {
     "torchvision": [
         "from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf",
         "v = <one entry of variants>",
-        'setting, last_channel = _efficientnet_conf("efficientnet_b0", **v["conf_kwargs"])',
-        'model = EfficientNet(setting, v["dropout"], last_channel=last_channel, num_classes=...)',
-        'train and evaluate at v["resolution"] px (torchvision sizes the head as 4 x the last stage)',
+        'setting, _ = _efficientnet_conf("efficientnet_b0", **v["conf_kwargs"])',
+        'model = EfficientNet(setting, v["dropout"], last_channel=v["last_channel"], num_classes=...)',
+        'train and evaluate at v["resolution"] px (last_channel: the family\'s head width; left out,',
+        "torchvision would size the head as 4 x the last stage, not 1280 x width)",
     ],
 }
+
+
+def _head_channels(v: dict[str, Any]) -> int:
+    """The variant's head width (its "head" stage): torchvision's `last_channel`."""
+    return next(stage["channels"] for stage in v["stages"] if stage["name"] == "head")
 
 
 def _library_variant(library: str, v: dict[str, Any]) -> dict[str, Any]:
@@ -156,6 +162,7 @@ def _library_variant(library: str, v: dict[str, Any]) -> dict[str, Any]:
         "name": v["name"],
         "phi": v["phi"],
         "conf_kwargs": {"width_mult": v["width_mult"], "depth_mult": v["depth_mult"]},
+        "last_channel": _head_channels(v),
         "dropout": v["dropout"],
         "resolution": v["resolution"],
     }
