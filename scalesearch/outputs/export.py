@@ -130,16 +130,37 @@ LIBRARY_USAGE = {
         "from timm.models.efficientnet import _gen_efficientnet",
         "v = <one entry of variants>",
         'model = _gen_efficientnet("efficientnet_b0", pretrained=False, num_classes=..., **v["kwargs"])',
-        'train and evaluate at v["input_size"] (timm rounds channels with divisor 8 and repeats with ceil)',
+        'train and evaluate at v["input_size"] (timm rounds channels with divisor 8 and repeats with ceil;',
+        "its head is 1280 x channel_multiplier rounded the same way, the family's head)",
     ],
     "torchvision": [
         "from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf",
         "v = <one entry of variants>",
-        'setting, last_channel = _efficientnet_conf("efficientnet_b0", **v["conf_kwargs"])',
-        'model = EfficientNet(setting, v["dropout"], last_channel=last_channel, num_classes=...)',
-        'train and evaluate at v["resolution"] px (torchvision sizes the head as 4 x the last stage)',
+        'setting, _ = _efficientnet_conf("efficientnet_b0", **v["conf_kwargs"])',
+        'model = EfficientNet(setting, v["dropout"], last_channel=v["last_channel"], num_classes=...)',
+        'train and evaluate at v["resolution"] px (last_channel: the family\'s head width; left out,',
+        "torchvision would size the head as 4 x the last stage, not 1280 x width)",
     ],
 }
+# What tests/scenarios/test_library_exports.py checked (slow suite): every B0..B7 variant of a
+# (1.2, 1.1, 1.15) family built with each library's builder from these arguments.
+LIBRARY_VERIFIED = (
+    "verified (torch 2.13.0, torchvision 0.28.0, timm 1.0.31; tests/scenarios/test_library_exports.py): "
+    "built as above, every variant of a (1.2, 1.1, 1.15) B0..B7 family has family.json's params exactly "
+    "and gives (1, num_classes) at its resolution"
+)
+# The family's FLOPs counter, and how torch's own counter relates to it (measured by that test).
+LIBRARY_FLOPS = (
+    "flops: fvcore's count (1 multiply-add = 1 flop, batch 1, at the variant's resolution). "
+    "torch.utils.flop_counter.FlopCounterMode counts 2 per multiply-add, convolutions and linear layers "
+    "only: half its count was 1.5-3.4% below flops (B7..B0 of that family), the difference being exactly "
+    "the batch norms (2 per element) and the global pool (1 per element), which fvcore counts"
+)
+
+
+def _head_channels(v: dict[str, Any]) -> int:
+    """The variant's head width (its "head" stage): torchvision's `last_channel`."""
+    return next(stage["channels"] for stage in v["stages"] if stage["name"] == "head")
 
 
 def _library_variant(library: str, v: dict[str, Any]) -> dict[str, Any]:
@@ -154,13 +175,18 @@ def _library_variant(library: str, v: dict[str, Any]) -> dict[str, Any]:
                 "drop_rate": v["dropout"],
             },
             "input_size": [3, v["resolution"], v["resolution"]],
+            "params": v["params"],
+            "flops": v["flops"],
         }
     return {
         "name": v["name"],
         "phi": v["phi"],
         "conf_kwargs": {"width_mult": v["width_mult"], "depth_mult": v["depth_mult"]},
+        "last_channel": _head_channels(v),
         "dropout": v["dropout"],
         "resolution": v["resolution"],
+        "params": v["params"],
+        "flops": v["flops"],
     }
 
 
@@ -186,7 +212,14 @@ def _library_arguments(data: dict[str, Any], library: str) -> str:
             f"NOTE: this space's base is not EfficientNet-B0, but {library}'s builder scales B0: the "
             "multipliers carry over, the architecture does not"
         )
-    header += ["usage:", *(f"  {line}" for line in LIBRARY_USAGE[library])]
+    else:
+        header.append(LIBRARY_VERIFIED)
+    header += [
+        "usage:",
+        *(f"  {line}" for line in LIBRARY_USAGE[library]),
+        f"params: family.json's, at {data['num_classes']} classes and {data['in_channels']} input channels",
+        LIBRARY_FLOPS,
+    ]
     variants = [_library_variant(library, v) for v in data["variants"]]
     body = {"library": library, "rule": data["rule"], "coefficients": data["coefficients"], "variants": variants}
     return "".join(f"# {line}\n" for line in header) + str(yaml.safe_dump(body, sort_keys=False))
