@@ -27,6 +27,7 @@ OVERRIDABLE = (
     "objective",
     "confirm_top",
     "confirm_seeds",
+    "base_resolution",
 )
 SEARCH_KEYS = {*OVERRIDABLE, "phi", "batch"}
 
@@ -53,6 +54,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--out", default=None, help="run folder (default: results/runs/SPACE-DATASET-SAMPLER-TIME)")
     parser.add_argument("--resume", action="store_true", help="continue the search in --out (or the newest match)")
     parser.add_argument("--max-failures", type=int, default=None, help="retries of a failed trial")
+    parser.add_argument(
+        "--base-resolution",
+        default=None,
+        metavar="PX|off",
+        help="the resolution you deploy the target base (B0) at; the proxies see the data with the same "
+        "headroom: resized to proxy_resolution x native / PX first (default: the space's search: "
+        "base_resolution, else its base resolution; off: the stored images as they are)",
+    )
     parser.add_argument(
         "--constraint",
         default=None,
@@ -106,7 +115,7 @@ def _newest_match(prefix: str) -> Path | None:
 
 def settings_from_args(args: argparse.Namespace) -> Any:
     """Merge the space's `search:` defaults with the flags into SearchSettings."""
-    from scalesearch.config.settings import SearchSettings
+    from scalesearch.config.settings import SearchSettings, parse_base_resolution
     from scalesearch.config.spaces import load_space
 
     space = load_space(args.space)
@@ -119,6 +128,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         given = getattr(args, key)
         if given is not None:
             values[key] = given
+    # The space's base_resolution goes with its own dataset (planning.data_view decides); only the flag is a setting.
+    values["base_resolution"] = parse_base_resolution(args.base_resolution)
     prefix = f"{space.name}-{_slug(values['dataset'])}-{values.get('sampler', 'tpe')}"
     out = args.out
     if out is None and args.resume:
@@ -185,12 +196,14 @@ def dry_run(settings: Any) -> int:
     """Print the realizable networks on the budget band and how well they cover the simplex."""
     from scalesearch.config.spaces import load_space
     from scalesearch.data.datasets import load_dataset
+    from scalesearch.planning.data_view import data_view
     from scalesearch.planning.planner import describe
-    from scalesearch.search.driver import check_settings, search_set
+    from scalesearch.search.driver import check_settings, say_view, search_set
 
     check_settings(settings)
     space = load_space(settings.space_path)
     dataset = load_dataset(settings.dataset)
+    say_view(data_view(space, dataset.native_size, settings.base_resolution, dataset=settings.dataset), quiet=False)
     found = search_set(settings, space, dataset)
     rows = describe(found)
     columns = list(rows[0]) if rows else []

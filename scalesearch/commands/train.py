@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 EPOCH_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds", "img/s"]
 # Flags that name what to train; --from takes all of them from the run.
-NETWORK_FLAGS = ("space", "dataset", "alpha", "beta", "gamma", "phi", "constraint")
+NETWORK_FLAGS = ("space", "dataset", "alpha", "beta", "gamma", "phi", "constraint", "base_resolution")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -51,6 +51,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="the cost the budget at phi is on: flops, params, activations, latency (default: the space's "
         "search setting, else flops)",
     )
+    parser.add_argument(
+        "--base-resolution",
+        default=None,
+        metavar="PX|off",
+        help="the resolution the target base (B0) is deployed at; the proxy sees the data with the same headroom "
+        "(default: the space's search: base_resolution, else its base resolution; off: the stored images as they are)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's (or the run's) epochs")
     parser.add_argument("--seed", type=int, default=None, help="seed of weights, batch order, augmentation "
                         "(default: 0; with --from the trial's)")  # fmt: skip
@@ -65,6 +72,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: `scalesearch --help` imports every command, and these import torch.
+    from scalesearch.config.settings import parse_base_resolution
     from scalesearch.config.spaces import DEFAULT_SPACE
     from scalesearch.core.scaling import Coefficients
     from scalesearch.data.datasets import load_dataset
@@ -87,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             seed=0 if args.seed is None else args.seed,
             epochs=args.epochs,
             threads=args.threads,
+            base_resolution=parse_base_resolution(args.base_resolution),
         )
     if dataset.skipped:
         print(f"skipped {len(dataset.skipped)} unreadable image file(s)", file=sys.stderr)
@@ -178,6 +187,9 @@ def _render(summary: dict[str, Any]) -> str:
     header += (
         f"\n  on {summary['dataset']} ({summary['device']}, {summary['threads']} thread(s), seed {summary['seed']})"
     )
+    view = summary.get("data_view") or {}
+    if view.get("base_resolution"):
+        header += f"; the images resized to {view['size']} px first (target base at {view['base_resolution']} px)"
     rows = [
         {
             "epoch": e["epoch"],

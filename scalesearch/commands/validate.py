@@ -27,7 +27,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "Ctrl-C keeps the finished rows) and validation.png, and prints a verdict per phi.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished search run folder")
-    parser.add_argument("--phis", default="0,1,2", help="phi values: a list '0,1,2' (default) or a range '0-3'")
+    parser.add_argument(
+        "--phis",
+        default=None,
+        help="phi values: a list '0,2,3,4' or a range '0-4' (default: 0, each whole phi up to the searched one, "
+        "and two steps beyond it: the budgets B1..B7 extrapolate to, held out from the search)",
+    )
     parser.add_argument("--baselines", default="depth,width,resolution", help="single-dimension baselines to train")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per strategy and phi (default 3)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the search's)")
@@ -46,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
     options = ValidationOptions(
-        phis=tuple(parse_phis(args.phis)),
+        phis=tuple(parse_phis(args.phis)) if args.phis is not None else (),
         baselines=tuple(parse_baselines(args.baselines)),
         seeds=args.seeds,
         epochs=args.epochs,

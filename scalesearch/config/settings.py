@@ -21,6 +21,8 @@ from scalesearch.core.errors import UserError
 # stays cheap and torch-free (tests/test_layers.py::test_light_modules_import_no_torch).
 
 SCHEDULERS = ("none", "asha")
+# base_resolution "off": the proxies see the stored images as they are (planning.data_view).
+OFF = "off"
 # The identity of a search: a resumed run must match every one of these.
 IDENTITY_FIELDS = (
     "space_path",
@@ -37,12 +39,13 @@ IDENTITY_FIELDS = (
     "batch",
     "confirm_top",
     "confirm_seeds",
+    "base_resolution",
 )
 RESOURCE_FIELDS = ("concurrency", "cpus_per_trial", "gpus_per_trial", "address", "max_failures")
 INTERFACE_FIELDS = ("out", "family_phis", "verbose", "quiet")
 # Fingerprint keys (space by content, not path), and the values older runs implicitly had.
 FINGERPRINT_KEYS = ("space_sha256", *IDENTITY_FIELDS[1:])
-FINGERPRINT_DEFAULTS = {"constraint": "flops", "objective": "accuracy"}
+FINGERPRINT_DEFAULTS = {"constraint": "flops", "objective": "accuracy", "base_resolution": "off"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,11 @@ class SearchSettings:
     batch: int = 4  # proposals per round; a round is proposed after the previous one finished
     confirm_top: int = 3  # the best networks retrained with more seeds after the search (0: off)
     confirm_seeds: int = 3  # seeds per confirmed network, the search's own included
+    # r_base, the target base's resolution (B0 as deployed), from which the proxies' view of the data
+    # follows (planning.data_view): None = the space's choice (its search: base_resolution for its own
+    # dataset, else its base resolution); "off" = the stored images as they are (runs made before the
+    # mapping existed read back as "off").
+    base_resolution: int | str | None = None
     # Resources (may change on resume).
     concurrency: int = 2
     cpus_per_trial: float = 1.0
@@ -110,6 +118,7 @@ class SearchSettings:
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise UserError(f"--gpus-per-trial above 1 must be whole, got {self.gpus_per_trial:g}")
         cost_kind(self.constraint)
+        parse_base_resolution(self.base_resolution)
         self.objective_cost()
         self.training_recipe()
 
@@ -158,3 +167,17 @@ class SearchSettings:
 def differing_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """The fingerprint keys on which a saved search and the current settings disagree."""
     return [key for key in FINGERPRINT_KEYS if saved.get(key, FINGERPRINT_DEFAULTS.get(key)) != current.get(key)]
+
+
+def parse_base_resolution(value: Any, *, what: str = "--base-resolution") -> int | str | None:
+    """A base-resolution setting: None (the space's), a positive whole number of px, or "off"."""
+    if value is None or value == OFF:
+        return value
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise UserError(f"{what} must be a whole number of pixels or 'off', got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16384:
+        raise UserError(f"{what} must be a whole number of pixels (1 to 16384) or 'off', got {value!r}")
+    return value

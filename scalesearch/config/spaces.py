@@ -24,7 +24,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,6 +149,10 @@ class SearchSpace:
     def builder_module(self) -> str | None:
         """The module a custom builder is imported from (what a cluster's workers need), or None."""
         return self.builder.partition(":")[0] if self.builder else None
+
+    def with_base_resolution(self, resolution: int) -> SearchSpace:
+        """This space with the target base at `resolution` px (the user's deployment resolution for B0)."""
+        return replace(self, base=replace(self.base, resolution=resolution))
 
     def scaled_spec(
         self, coefficients: Coefficients, phi: float, *, num_classes: int = 1000, in_channels: int = 3

@@ -92,8 +92,12 @@ def channel_statistics(images: torch.Tensor, indices: torch.Tensor) -> tuple[tup
     return tuple(means), tuple(stds)
 
 
-def resized_images(dataset: Dataset, resolution: int) -> torch.Tensor:
+def resized_images(dataset: Dataset, resolution: int, *, view: int | None = None) -> torch.Tensor:
     """uint8 N×C×R×R copies of the images at `resolution`, antialiased, cached on the dataset.
+
+    With `view` below the native size, the images are first resized to `view` px (that copy cached
+    too) and resampled from there: what a proxy sees of data whose target base has headroom
+    native / r_base (`planning.data_view`); a resolution above `view` is then upsampling.
 
     A worker runs many trials at a handful of resolutions; each is resized once per process, and a
     copy of at least SHARE_MIN_BYTES once per machine: it is written to the shared cache in chunks and
@@ -101,14 +105,18 @@ def resized_images(dataset: Dataset, resolution: int) -> torch.Tensor:
     """
     if resolution < 1:
         raise UserError(f"resolution must be a positive number of pixels, got {resolution}")
-    if resolution == dataset.native_size:
-        return dataset.images
-    return dataset.derived(("resized", resolution), lambda: _resized(dataset, resolution))
+    if view is None or view >= dataset.native_size:
+        source, view = dataset.images, None
+    else:
+        source = resized_images(dataset, view)
+    if resolution == source.shape[-1]:
+        return source
+    return dataset.derived(("resized", view, resolution), lambda: _resized(dataset, source, resolution, view))
 
 
-def _resized(dataset: Dataset, resolution: int) -> torch.Tensor:
-    """The copy `resized_images` caches: from the shared cache when big enough, else made here."""
-    shape = (len(dataset.images), dataset.in_channels, resolution, resolution)
+def _resized(dataset: Dataset, source: torch.Tensor, resolution: int, view: int | None) -> torch.Tensor:
+    """The copy `resized_images` caches (`source` resized): from the shared cache when big enough, else made here."""
+    shape = (len(source), dataset.in_channels, resolution, resolution)
     nbytes = math.prod(shape)
     datacache.check_memory(
         nbytes,
@@ -117,8 +125,9 @@ def _resized(dataset: Dataset, resolution: int) -> torch.Tensor:
     )
     path = None
     if dataset.cache_name is not None and dataset.cache_dir is not None and nbytes >= datacache.SHARE_MIN_BYTES:
-        path = os.path.join(dataset.cache_dir, f"{dataset.cache_name}.r{resolution}.npy")
-    array = datacache.materialize(path, shape, lambda: _resize_chunks(dataset.images, resolution))
+        step = "" if view is None else f".v{view}"
+        path = os.path.join(dataset.cache_dir, f"{dataset.cache_name}{step}.r{resolution}.npy")
+    array = datacache.materialize(path, shape, lambda: _resize_chunks(source, resolution))
     return torch.from_numpy(array)
 
 

@@ -38,6 +38,9 @@ class TrainJob:
     threads: int = 1
     device: str = "cpu"
     measure_costs: bool = True  # latency, activations, memory: once per network, not per seed
+    # The side the images are resized to before the network's resolution (planning.data_view: the proxy
+    # sees the data with the target base's headroom); None: straight from the stored images.
+    view: int | None = None
     label: str = ""  # what progress shows
     # Testing hook, from $SCALESEARCH_INJECT_FAULT ("raise", "nan" or "exit"): this job fails that way, so the
     # failure path (a real exception in a real Ray worker) can be tested end to end.
@@ -117,6 +120,7 @@ def train_job(job: TrainJob, on_epoch: Callable[[float, Any, Mapping[str, Any]],
             load_dataset(job.dataset),
             Recipe.from_mapping(job.recipe),
             resolution=spec.resolution,
+            view=job.view,
             seed=job.seed,
             threads=job.threads,
             device=job.device,
@@ -259,9 +263,13 @@ class Progress:
 
 
 def jobs_for(
-    settings: SearchSettings, specs: Sequence[tuple[ModelSpec, int, str]], *, inject_fault: str = ""
+    settings: SearchSettings,
+    specs: Sequence[tuple[ModelSpec, int, str]],
+    *,
+    view: int | None = None,
+    inject_fault: str = "",
 ) -> list[TrainJob]:
-    """TrainJobs for (spec, seed, label) triples under a search's settings."""
+    """TrainJobs for (spec, seed, label) triples under a search's settings, seeing the data at `view`."""
     device = "cuda" if settings.gpus_per_trial > 0 else "cpu"
     return [
         TrainJob(
@@ -273,6 +281,7 @@ def jobs_for(
             threads=max(1, int(settings.cpus_per_trial)),
             device=device,
             label=label,
+            view=view,
             inject_fault=inject_fault,
         )
         for spec, seed, label in specs

@@ -17,14 +17,14 @@ from typing import Any
 
 from scalesearch.core.errors import UserError
 from scalesearch.core.scaling import make_divisible, round_repeats
-from scalesearch.outputs.family_table import VARIANT_KEYS, render_data
+from scalesearch.outputs.family_table import VARIANT_KEYS, evidence_line, render_data
 from scalesearch.outputs.runs import Run, run_space
 
 # Modules that import torch are imported inside the functions that use them, so importing this one
 # stays cheap and torch-free (tests/test_layers.py::test_light_modules_import_no_torch).
 
 EXPORT_FORMATS = ("json", "yaml", "python", "timm", "torchvision")
-EXPORT_VARIANT_KEYS = (*VARIANT_KEYS, "stages", "params", "flops", "flops_ratio")
+EXPORT_VARIANT_KEYS = (*VARIANT_KEYS, "stages", "params", "flops", "flops_ratio", "upsampling", "check")
 
 
 def _scale_inline(stages: Sequence[tuple[str, int, int]], width: float, depth: float, divisor: int) -> list[dict]:
@@ -86,7 +86,7 @@ def rule_export(run: Run) -> dict[str, Any]:
         "base": {
             "width_mult": space.base.width_mult,
             "depth_mult": space.base.depth_mult,
-            "resolution": space.base.resolution,
+            "resolution": family.get("base_resolution", space.base.resolution),
             "resolution_multiple": space.base.resolution_multiple,
             "dropout": dropout,
             "channel_divisor": divisor,
@@ -96,6 +96,8 @@ def rule_export(run: Run) -> dict[str, Any]:
         "num_classes": family["num_classes"],
         "in_channels": family["in_channels"],
         "variants": [{key: v.get(key) for key in EXPORT_VARIANT_KEYS} for v in family["variants"]],
+        "evidence": family.get("evidence"),
+        "evidence_line": evidence_line(family),
     }
 
 
@@ -104,9 +106,10 @@ def _rule_line(data: dict[str, Any]) -> str:
     if data["rule"] == "reference":
         return f"rule: reference table ({data['rule_description']})"
     c = data["coefficients"]
+    evidence = data.get("evidence_line")
     return (
         f"rule: compound formula, alpha={c['alpha']:.6g} beta={c['beta']:.6g} gamma={c['gamma']:.6g} "
-        f"({data['rule_description']})"
+        f"({data['rule_description']})" + (f"; evidence: {evidence}" if evidence else "")
     )
 
 

@@ -8,7 +8,7 @@ by every search run's family.json.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from scalesearch.core.errors import UserError
@@ -255,11 +255,74 @@ def _cost_conventions(device: str, threads: int) -> dict[str, str]:
     }
 
 
+def with_evidence(
+    family: dict[str, Any],
+    *,
+    native: int | None,
+    searched_phi: float | None,
+    checks: Mapping[float, str] | None = None,
+) -> dict[str, Any]:
+    """The family with what backs each variant, said plainly.
+
+    Each variant gets `upsampling` (its resolution is above the data's native `native` px: pixels the
+    data does not have) and `check`: what `scalesearch validate` said of the rule against the best
+    single dimension at that φ at proxy scale ("better", "tied", "worse", "same network", "no call"),
+    "base" for φ = 0, "unchecked" where no validation ran. The family's `evidence` block records the
+    native size, the φ the search trained at, the φ values checked and up to which φ.
+    """
+    checks = dict(checks or {})
+    variants = []
+    for variant in family["variants"]:
+        phi = float(variant["phi"])
+        check = "base" if phi == 0 else checks.get(phi, "unchecked")
+        upsampling = None if native is None else bool(variant["resolution"] > native)
+        variants.append({**variant, "upsampling": upsampling, "check": check})
+    evidence = {
+        "data_native_px": native,
+        "searched_phi": searched_phi,
+        "checked_phis": sorted(checks),
+        "checked_up_to_phi": max(checks) if checks else None,
+        "meaning": (
+            "check: scalesearch validate's verdict for the rule against the best single dimension at the "
+            "same phi at proxy scale (the family's phi = k variant costs 2^k x B0, as the proxy checked at "
+            "phi = k costs 2^k x the proxy base); unchecked: no validation at that phi. upsampling: the "
+            "variant's resolution is above the data's native size"
+        ),
+    }
+    return {**family, "variants": variants, "evidence": evidence}
+
+
+def evidence_line(family: dict[str, Any]) -> str:
+    """One line: the data's native size, how far the rule was checked and what the check said."""
+    evidence = family.get("evidence")
+    if not evidence:
+        return ""
+    checked = [v for v in family["variants"] if v.get("check") not in (None, "base", "unchecked")]
+    unchecked = [v["name"] for v in family["variants"] if v.get("check") == "unchecked"]
+    upsampled = [v["name"] for v in family["variants"] if v.get("upsampling")]
+    parts = []
+    if evidence.get("data_native_px"):
+        parts.append(
+            f"data {evidence['data_native_px']} px: "
+            + (f"{', '.join(upsampled)} upsample (resolution above it)" if upsampled else "no variant upsamples")
+        )
+    if checked:
+        said = ", ".join(f"phi {v['phi']:g} {v['check']}" for v in checked)
+        parts.append(f"rule checked against single dimensions up to phi {evidence['checked_up_to_phi']:g} ({said})")
+    else:
+        parts.append("rule not checked against single dimensions (scalesearch validate)")
+    if unchecked:
+        parts.append(f"unchecked: {', '.join(unchecked)}")
+    return "; ".join(parts)
+
+
 def _summary_rows(family: dict[str, Any]) -> list[dict[str, Any]]:
     """The variants with the table's derived columns (GFLOPs; MActivations, ms and MB when measured)."""
     rows = []
     for v in family["variants"]:
         row = {**v, "gflops": round(v["flops"] / 1e9, 4) if v["flops"] >= 1e7 else v["flops"] / 1e9}
+        if "upsampling" in v:
+            row["upsampling"] = "" if v["upsampling"] is None else ("yes" if v["upsampling"] else "no")
         if "latency_batch1_s" in v:
             row.update(
                 mactivations=round(v["activations"] / 1e6, 3),
@@ -314,13 +377,17 @@ def render_family(family: dict[str, Any], fmt: str) -> str:
     has_costs = bool(family["variants"]) and "latency_batch1_s" in family["variants"][0]
     if has_costs:
         columns = [*columns, *COST_TABLE_COLUMNS]
+    if "evidence" in family:
+        columns = [*columns, "upsampling", "check"]
     cost_note = _cost_note(family) if has_costs else ""
+    evidence = evidence_line(family)
     stage_lines = [
         f"{v['name']}: " + " ".join(f"{s['channels']}x{s['repeats']}" for s in v["stages"]) for v in family["variants"]
     ]
     if fmt == "markdown":
         return (
             f"**{_header(family)}**\n\nFLOPs: {family['flops_convention']}.\n\n"
+            + (f"Evidence: {evidence}.\n\n" if evidence else "")
             + markdown_table(rows, columns)
             + "\n\nStages (channels x repeats, stem ... head):\n\n"
             + "\n".join(f"- {line}" for line in stage_lines)
@@ -335,6 +402,7 @@ def render_family(family: dict[str, Any], fmt: str) -> str:
             + "\n\nstages (channels x repeats, stem ... head):\n"
             + "\n".join(f"  {line}" for line in stage_lines)
             + f"\nFLOPs: {family['flops_convention']}\n"
+            + (f"evidence: {evidence}\n" if evidence else "")
             + cost_note
         )
     raise UserError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")

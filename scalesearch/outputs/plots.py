@@ -14,6 +14,7 @@ matplotlib (and cost's torch) are imported inside the functions, so importing th
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -229,9 +230,12 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike
     return out
 
 
-def plot_validation(summary: pd.DataFrame, out: str | os.PathLike[str], *, title: str = "") -> Path:
+def plot_validation(
+    summary: pd.DataFrame, out: str | os.PathLike[str], *, title: str = "", searched_phi: float | None = None
+) -> Path:
     """validation.png: the frontier across budgets. Mean accuracy ± seed std against measured FLOPs,
-    one line per strategy over φ, the compound rule highlighted.
+    one line per strategy over φ, the compound rule highlighted; with `searched_phi`, the budgets past
+    it (held out: the search never trained there) are shaded and labelled.
 
     `summary` is `scalesearch.validation.validate.summarize`'s table; strategies with no trained seed at a φ
     (infeasible or failed) simply have no point there.
@@ -265,6 +269,14 @@ def plot_validation(summary: pd.DataFrame, out: str | os.PathLike[str], *, title
     ticks = summary.groupby("phi")["flops"].mean().sort_index()
     axis.set_xticks(ticks.to_numpy() / flops.scale,
                     [f"φ={phi:g}\n{value / flops.scale:.3g}" for phi, value in ticks.items()])  # fmt: skip
+    axis.minorticks_off()
+    held_out = ticks[ticks.index > searched_phi] if searched_phi is not None else ticks.iloc[:0]
+    if len(held_out):
+        searched = ticks[ticks.index <= searched_phi]
+        left = held_out.iloc[0] if searched.empty else math.sqrt(searched.iloc[-1] * held_out.iloc[0])
+        axis.axvspan(left / flops.scale, held_out.iloc[-1] * 1.5 / flops.scale, color="0.9", zorder=0)
+        axis.text(left / flops.scale, 0.02, f"  held out: beyond the searched φ={searched_phi:g}",
+                  transform=axis.get_xaxis_transform(), fontsize=8, color="0.35")  # fmt: skip
     axis.minorticks_off()
     axis.set_xlabel(f"measured proxy {flops.label}, log scale")
     axis.set_ylabel("final validation accuracy (mean ± std over seeds)")

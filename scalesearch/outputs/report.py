@@ -21,6 +21,7 @@ import pandas as pd
 from scalesearch.core.errors import UserError
 from scalesearch.core.tables import markdown_table
 from scalesearch.outputs import runs
+from scalesearch.outputs.family_table import evidence_line
 from scalesearch.outputs.plots import plot_frontier, plot_search, plot_validation
 from scalesearch.outputs.runs import VALIDATION_PNG, Run, load_validation, read_json, read_run
 from scalesearch.outputs.verdict import VERDICT_COLUMNS, summarize, verdict, verdict_note, verdict_records
@@ -41,7 +42,8 @@ RUN_FILES = {
 }
 CONFIRM_COLUMNS = ["network", "shares d / w / r", "FLOPs", "n", "seeds", "mean ± std", "tied with chosen"]
 FAMILY_COLUMNS = ["name", "phi", "depth_mult", "width_mult", "resolution", "params", "GFLOPs", "target ratio",
-                  "measured ratio", "off target", "rule: depth / width / res", "calibrated"]  # fmt: skip
+                  "measured ratio", "off target", "rule: depth / width / res", "calibrated", "upsampling",
+                  "check"]  # fmt: skip
 
 
 def _number(value: Any, digits: int = 4) -> str:
@@ -122,8 +124,26 @@ def answer_section(run: Run) -> str:
         lines.append(f"Validation accuracy {_number(best.get('value'))} (one training run; this run predates the "
                      "confirm stage, so how sure the choice is is unknown).\n")  # fmt: skip
     lines.append(certainty_note(best))
+    lines.append(data_view_line(best))
     lines.append(validation_line(run))
     return "\n".join(line for line in lines if line)
+
+
+def data_view_line(best: Mapping[str, Any]) -> str:
+    """What the proxies saw of the data, and why (best.json's data_view), or that the run predates it."""
+    view = best.get("data_view")
+    if not view:
+        return ("**What the proxies saw:** not recorded (this run predates the resolution mapping: every proxy "
+                "resampled the stored images directly).\n")  # fmt: skip
+    if view.get("base_resolution") is None:
+        return (f"**What the proxies saw:** data {view['native']} px, the resolution mapping off: every proxy "
+                f"resampled the stored {view['native']}-px images directly.\n")  # fmt: skip
+    return (
+        f"**What the proxies saw:** data {view['native']} px; the target base runs at {view['base_resolution']} px "
+        f"(headroom {float(view['headroom']):.2f}), so the proxy base at {view['proxy_resolution']} px saw the images "
+        f"resized to {view['size']} px first, and a proxy above {view['size']} px was upsampling, as a family "
+        f"variant above {view['native']} px is.\n"
+    )
 
 
 def validation_line(run: Run) -> str:
@@ -132,7 +152,13 @@ def validation_line(run: Run) -> str:
     if table is None:
         return "**Validation:** not run, so whether these coefficients beat scaling one dimension is unknown " \
                "(`scalesearch validate RUN_DIR`, below).\n"  # fmt: skip
-    calls = [f"phi {row['phi']:g}: {row['call']}" for row in table.to_dict("records") if row["phi"] != 0]
+    searched = run.best.get("phi")
+    calls = [
+        f"phi {row['phi']:g}{' (held out)' if isinstance(searched, int | float) and row['phi'] > searched else ''}: "
+        f"{row['call']}"
+        for row in table.to_dict("records")
+        if row["phi"] != 0
+    ]
     return f"**Validation** (compound vs the best single-dimension rule at equal FLOPs): {'; '.join(calls)}.\n"
 
 
@@ -350,6 +376,8 @@ def family_rows(family: Mapping[str, Any]) -> list[dict[str, str]]:
                 "off target": f"{off:+.1%}" if off is not None else "",
                 "rule: depth / width / res": _rule(rule),
                 "calibrated": "yes" if v.get("calibrated") else "no",
+                "upsampling": {True: "yes", False: "no"}.get(v.get("upsampling"), ""),
+                "check": str(v.get("check", "")),
             }
         )
     return rows
@@ -367,6 +395,10 @@ def family_section(family: Mapping[str, Any]) -> str:
         text += f"{family['rule_description']}.\n\n"
     if family.get("flops_convention"):
         text += f"FLOPs: {family['flops_convention']}.\n\n"
+    evidence = evidence_line(dict(family))
+    text += (f"**Evidence:** {evidence}. _check_: what `scalesearch validate` said of the rule against the best "
+             "single dimension at that phi at proxy scale; _upsampling_: resolution above the data's native size.\n\n"
+             if evidence else "")  # fmt: skip
     text += markdown_table(family_rows(family), FAMILY_COLUMNS) + "\n"
     variants = family.get("variants", [])
     misses = [(abs(float(v["flops_ratio"]) / float(v["target_ratio"]) - 1), v["name"])
@@ -414,7 +446,9 @@ def draw_plots(run: Run) -> None:
         plot_frontier([run.path], run.path / runs.FRONTIER_PNG)
     if (run.path / runs.VALIDATION_CSV).is_file():
         title = f"Accuracy vs measured FLOPs across φ: {run.path.name}"
-        plot_validation(summarize(load_validation(run.path)), run.path / VALIDATION_PNG, title=title)
+        searched = run.best.get("phi") if isinstance(run.best.get("phi"), int | float) else None
+        plot_validation(summarize(load_validation(run.path)), run.path / VALIDATION_PNG, title=title,
+                        searched_phi=searched)  # fmt: skip
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:

@@ -71,6 +71,10 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
 def verdict(summary: pd.DataFrame) -> pd.DataFrame:
     """Per φ: compound's mean minus the best baseline's mean, the seed spread, and whether it exceeds it.
 
+    `outcome` is the call in one word: "better" or "worse" (compound against the best baseline, beyond
+    the spread), "tied" (within it), "same network" (the best baseline trained compound's own network),
+    "no call" (one seed), "base" (φ = 0); `call` says it in words.
+
     The spread is √(s_c² + s_b²), with s the standard deviation over seeds of compound and of that
     baseline: how much one seed of each differs by chance. The difference "exceeds" the spread only
     when |difference| > spread; with one seed there is no spread and no call is made. The call also
@@ -85,7 +89,8 @@ def verdict(summary: pd.DataFrame) -> pd.DataFrame:
         baselines = group[(group["strategy"] != COMPOUND) & (group["n"] > 0)]
         infeasible = sorted(group[group["status"] == "infeasible"]["strategy"])
         row: dict[str, Any] = {"phi": float(phi), "compound": math.nan, "best_baseline": "", "baseline": math.nan,
-                               "difference": math.nan, "spread": math.nan, "exceeds": False, "call": ""}  # fmt: skip
+                               "difference": math.nan, "spread": math.nan, "exceeds": False, "outcome": "",
+                               "call": ""}  # fmt: skip
         if compound.empty or baselines.empty:
             row["call"] = "nothing to compare" + (f" (infeasible: {', '.join(infeasible)})" if infeasible else "")
             rows.append(row)
@@ -97,17 +102,19 @@ def verdict(summary: pd.DataFrame) -> pd.DataFrame:
         exceeds = bool(math.isfinite(spread) and abs(difference) > spread)
         same_network = bool(best.get("network")) and best.get("network") == compound["network"].iloc[0]
         if phi == 0:
-            call = "phi 0 is the base model for every strategy"
+            outcome, call = "base", "phi 0 is the base model for every strategy"
         elif same_network:
+            outcome = "same network"
             call = (
                 f"{best['strategy']} trained compound's own network (no purer {best['strategy']} network on the budget)"
             )
         elif not math.isfinite(spread):
-            call = "one seed: no spread, no call"
+            outcome, call = "no call", "one seed: no spread, no call"
         elif exceeds:
+            outcome = "better" if difference > 0 else "worse"
             call = "compound better" if difference > 0 else f"{best['strategy']} better"
         else:
-            call = "within seed noise"
+            outcome, call = "tied", "within seed noise"
         if phi != 0:
             far = [
                 f"{b['strategy']} {float(b['share_error']):.2f}"
@@ -119,7 +126,7 @@ def verdict(summary: pd.DataFrame) -> pd.DataFrame:
         if infeasible:
             call += f"; infeasible: {', '.join(infeasible)}"
         row.update(compound=c_mean, best_baseline=str(best["strategy"]), baseline=float(best["mean"]),
-                   difference=difference, spread=spread, exceeds=exceeds, call=call)  # fmt: skip
+                   difference=difference, spread=spread, exceeds=exceeds, outcome=outcome, call=call)  # fmt: skip
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -152,10 +159,16 @@ def verdict_records(table: pd.DataFrame) -> list[dict[str, Any]]:
             "difference": number(row["difference"], signed=True),
             "spread": number(row["spread"]),
             "exceeds": "yes" if row["exceeds"] else "no",
+            "outcome": row.get("outcome", ""),
             "verdict": row["call"],
         }
         for row in table.to_dict("records")
     ]
 
 
-VERDICT_COLUMNS = ["phi", "compound", "best baseline", "difference", "spread", "exceeds", "verdict"]
+VERDICT_COLUMNS = ["phi", "compound", "best baseline", "difference", "spread", "exceeds", "outcome", "verdict"]
+
+
+def checks_by_phi(table: pd.DataFrame) -> dict[float, str]:
+    """The verdict's outcome per φ (φ = 0, the base, left out): what the family marks its variants with."""
+    return {float(row["phi"]): str(row.get("outcome", "")) for row in table.to_dict("records") if row["phi"] != 0}

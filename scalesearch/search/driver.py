@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -30,6 +31,7 @@ from scalesearch.core.scaling import Shares, coefficients_from_shares, parse_phi
 from scalesearch.execution.cluster import absolute_dataset_spec, check_local_resources, machine, ray_session, versions
 from scalesearch.execution.runner import Progress, tune_trainable
 from scalesearch.outputs import runs
+from scalesearch.planning.data_view import DataView, data_view
 from scalesearch.planning.planner import RealizableSet, check_fits, realizable_set
 from scalesearch.search.finish import finish_run
 from scalesearch.search.proposals import check_sampler
@@ -72,16 +74,19 @@ def run_search(settings: SearchSettings, *, resume: bool = False, command: str =
     _check_family_fits(settings, space)
     check_local_resources(settings)
     dataset = load_dataset(settings.dataset)  # fail on bad data here, not in every worker
+    view = data_view(space, dataset.native_size, settings.base_resolution, dataset=settings.dataset)
+    say_view(view, quiet=settings.quiet)
     progress = Progress("search", 0, quiet=settings.quiet)
     found = _plan_networks(settings, space, dataset, progress)
     with ray_session(settings, space=space) as where, contextlib.ExitStack() as stack:
         if not resume:
             runs.start(out, settings)  # only now: a bad flag or a busy machine leaves no folder behind
         stack.enter_context(runs.locked(out))
-        state = SearchState(settings, space, found, done, out, progress)
+        state = SearchState(settings, space, found, done, out, progress, view=view.resize)
         progress.total = state.total
         progress.done = sum(1 for n in done if n < state.total)
         manifest = _manifest(settings, command, resume, where, dataset, found)
+        manifest["data_view"] = view.to_dict()
         runs.write_json(out / runs.MANIFEST, manifest)
         interrupted = False
         try:
@@ -103,6 +108,16 @@ def run_search(settings: SearchSettings, *, resume: bool = False, command: str =
         num_classes=dataset.num_classes,
         in_channels=dataset.in_channels,
     )
+
+
+def say_view(view: DataView, *, quiet: bool) -> None:
+    """Before training: what the proxies see and why (stdout), and a note when r_base is far from the
+    data's native size (stderr, even with --quiet: the answer would reflect the set-up)."""
+    if not quiet:
+        print(view.describe())
+    note = view.note()
+    if note:
+        print(note, file=sys.stderr)
 
 
 def _check_family_fits(settings: SearchSettings, space: SearchSpace) -> None:

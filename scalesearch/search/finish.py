@@ -13,7 +13,7 @@ from scalesearch.config.spaces import SearchSpace
 from scalesearch.core.errors import UserError
 from scalesearch.core.scaling import Coefficients, Shares, coefficients_from_shares, parse_phis
 from scalesearch.outputs import runs
-from scalesearch.outputs.family_table import family_table, render_family
+from scalesearch.outputs.family_table import family_table, render_family, with_evidence
 from scalesearch.outputs.plots import plot_frontier, plot_search
 from scalesearch.planning.planner import RealizableSet
 from scalesearch.search import confirm
@@ -108,6 +108,28 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def run_family(
+    space: SearchSpace,
+    coefficients: Coefficients,
+    settings: SearchSettings,
+    view: Mapping[str, Any] | None,
+    checks: Mapping[float, str] | None = None,
+) -> dict[str, Any]:
+    """The run's family.json: the target base at r_base (the data view's base resolution, else the
+    space's), scaled by the chosen coefficients and calibrated, each variant marked as upsampling or
+    not and with what validation said at its φ (`checks`; "unchecked" where none ran)."""
+    base_resolution = (view or {}).get("base_resolution") or space.base.resolution
+    family = family_table(
+        space.with_base_resolution(base_resolution),
+        coefficients,
+        parse_phis(settings.family_phis),
+        num_classes=1000,
+        in_channels=3,
+    )
+    family["base_resolution"] = base_resolution
+    return with_evidence(family, native=(view or {}).get("native"), searched_phi=settings.phi, checks=checks)
+
+
 def finish_run(
     settings: SearchSettings,
     space: SearchSpace,
@@ -123,8 +145,10 @@ def finish_run(
     """Write best.json, family.json/.md, the plots and the final manifest; returns best.json."""
 
     result = best_result(settings, space, found, rows, confirmed)
+    view = manifest.get("data_view")
+    result["data_view"] = view
     coefficients = Coefficients(result["alpha"], result["beta"], result["gamma"])
-    family = family_table(space, coefficients, parse_phis(settings.family_phis), num_classes=1000, in_channels=3)
+    family = run_family(space, coefficients, settings, view)
     runs.write_json(out / runs.FAMILY_JSON, family)
     runs.write_text(out / runs.FAMILY_MD, render_family(family, "markdown"))
     # best.json marks the run as finished; the plots read it to mark the chosen point.

@@ -40,8 +40,11 @@ class SearchState:
         rows: dict[int, dict[str, Any]],
         out: Path,
         progress: Progress,
+        *,
+        view: int | None = None,
     ) -> None:
         self.settings = settings
+        self.view = view  # the side every trial's images are resized to first (planning.data_view), None: native
         self.space = space
         self.found = found
         self.networks = {n.key: n for n in found.networks}
@@ -180,6 +183,7 @@ class SearchState:
             recipe=self.settings.training_recipe().to_dict(),
             spec=asdict(network.spec),
             seed=planned["seed"],
+            view=self.view,
             threads=max(1, int(self.settings.cpus_per_trial)),
             device="cuda" if self.settings.gpus_per_trial > 0 else "cpu",
             measure_costs=not measured and planned["stage"] == "search",

@@ -76,6 +76,7 @@ def train_model(
     *,
     resolution: int,
     seed: int,
+    view: int | None = None,
     threads: int | None = None,
     device: str | None = None,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
@@ -90,6 +91,9 @@ def train_model(
     (restored afterwards). `device` defaults to "cuda" when available, else "cpu"; on CUDA the uint8
     data lives on the device and is normalized there per batch, and the forward pass runs under bf16
     autocast (fp16 with a GradScaler where bf16 is unsupported).
+
+    `view` (planning.data_view) is the side the stored images are resized to before `resolution`: the
+    proxy sees the data with the target base's headroom; None resizes the stored images directly.
 
     `layout` is "auto" (the faster of channels-last and NCHW for this model, batch size, resolution,
     device and thread count, measured once per machine by `choose_layout`; the probe trains copies
@@ -107,7 +111,7 @@ def train_model(
     run_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with torch_threads(threads):
         epochs, choice, captured = _train(
-            model_factory, dataset, recipe, resolution, seed, run_device, on_epoch, layout, capture
+            model_factory, dataset, recipe, resolution, view, seed, run_device, on_epoch, layout, capture
         )
     accuracies = [m.val_accuracy for m in epochs]
     return TrainResult(
@@ -159,15 +163,18 @@ class _TrialData:
     steps_per_epoch: int
 
 
-def _trial_data(dataset: Dataset, recipe: Recipe, resolution: int, device: torch.device) -> _TrialData:
-    """The split, the images at `resolution` and the batch plan of a trial, on `device`."""
+def _trial_data(
+    dataset: Dataset, recipe: Recipe, resolution: int, view: int | None, device: torch.device
+) -> _TrialData:
+    """The split, the images at `resolution` (resized to `view` first, see `data.prep.resized_images`) and
+    the batch plan of a trial, on `device`."""
     split = split_dataset(dataset, val_fraction=recipe.val_fraction, seed=recipe.split_seed)
     train_index = split.train_indices.to(device)
     batch_size = min(recipe.batch_size, len(train_index))
     return _TrialData(
         # uint8 at the trial's resolution (memory-mapped and shared on CPU; one device copy on CUDA, 4×
         # smaller than floats); batches are converted and normalized as they are drawn.
-        images=resized_images(dataset, resolution).to(device),
+        images=resized_images(dataset, resolution, view=view).to(device),
         labels=dataset.labels.to(device),
         train_index=train_index,
         val_index=split.val_indices.to(device),
@@ -205,6 +212,7 @@ def _train(
     dataset: Dataset,
     recipe: Recipe,
     resolution: int,
+    view: int | None,
     seed: int,
     device: torch.device,
     on_epoch: Callable[[EpochMetrics], None] | None,
@@ -212,7 +220,7 @@ def _train(
     capture: bool,
 ) -> tuple[list[EpochMetrics], LayoutChoice, bool]:
     """The training loop proper; returns one EpochMetrics per epoch, the layout and whether it captured."""
-    data = _trial_data(dataset, recipe, resolution, device)
+    data = _trial_data(dataset, recipe, resolution, view, device)
     autocast, grad_scaling = _precision(device, capture)
     torch.manual_seed(seed)
     model = model_factory().to(device)

@@ -20,6 +20,7 @@ from scalesearch.data.datasets import Dataset, load_dataset, standing_in
 from scalesearch.execution.runner import Outcome, TrainJob, jobs_for, train_job
 from scalesearch.models.spec import ModelSpec
 from scalesearch.outputs.runs import TRIALS, read_run
+from scalesearch.planning.data_view import data_view
 from scalesearch.planning.planner import Network, measurer_for, realizable_set, requested_shares, share_error
 from scalesearch.validation.validate import base_network, infeasible_reason, run_settings
 
@@ -44,10 +45,12 @@ def job_from_run(
     dataset = load_dataset(settings.dataset, **dataset_options)
     network = row_network(space, settings.phi, row, num_classes=dataset.num_classes, in_channels=dataset.in_channels)
     seed = seed if seed is not None else int(row["seed"])
-    job = jobs_for(settings, [(network.spec, seed, f"trial {number}")])[0]
+    view = data_view(space, dataset.native_size, settings.base_resolution, dataset=settings.dataset)
+    job = jobs_for(settings, [(network.spec, seed, f"trial {number}")], view=view.resize)[0]
     job = replace(job, recipe=job_recipe(settings.training_recipe(), epochs), measure_costs=False)
     described = {
         "space": space.name,
+        "data_view": view.to_dict(),
         "from": {
             "run": str(run.path),
             "trial": number,
@@ -105,13 +108,21 @@ def job_from_coefficients(
     seed: int,
     epochs: int | None,
     threads: int | None,
+    base_resolution: int | str | None = None,
 ) -> tuple[TrainJob, Network, dict[str, Any]]:
     """The job that trains what a search proposing `coefficients` at `phi` would train (φ = 0: the proxy
-    base); with its network and what to print about it."""
+    base), seeing the data as that search would (`base_resolution`: None, the space's); with its network
+    and what to print about it."""
 
     space = load_space(space_path)
     constraint = constraint or str(space.search.get("constraint", "flops"))
-    described: dict[str, Any] = {"space": space.name, "coefficients": coefficients.as_dict(), "phi": phi}
+    view = data_view(space, dataset.native_size, base_resolution, dataset=dataset.spec)
+    described: dict[str, Any] = {
+        "space": space.name,
+        "coefficients": coefficients.as_dict(),
+        "phi": phi,
+        "data_view": view.to_dict(),
+    }
     if phi == 0:
         network = base_network(
             space, num_classes=dataset.num_classes, in_channels=dataset.in_channels, constraint=constraint
@@ -139,6 +150,7 @@ def job_from_coefficients(
         device="cuda" if torch.cuda.is_available() else "cpu",
         measure_costs=False,
         label="train",
+        view=view.resize,
     )
     return job, network, described
 

@@ -23,24 +23,30 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from scalesearch.config.settings import SearchSettings
+from scalesearch.config.settings import FINGERPRINT_DEFAULTS, SearchSettings
 from scalesearch.config.spaces import load_space
 from scalesearch.core.errors import UserError
 from scalesearch.core.scaling import Coefficients, Shares
 from scalesearch.execution.cluster import ray_session
 from scalesearch.execution.runner import Progress, jobs_for, run_jobs
+from scalesearch.outputs.family_table import render_family, with_evidence
 from scalesearch.outputs.plots import plot_validation
 from scalesearch.outputs.runs import (
     BASELINES,
     COMPOUND,
+    FAMILY_JSON,
+    FAMILY_MD,
     SEARCH,
     VALIDATION_COLUMNS,
     VALIDATION_CSV,
     VALIDATION_PNG,
     run_space,
+    write_json,
+    write_text,
     write_validation,
 )
-from scalesearch.outputs.verdict import summarize
+from scalesearch.outputs.verdict import checks_by_phi, summarize, verdict
+from scalesearch.planning.data_view import data_view
 from scalesearch.planning.planner import (
     Network,
     measurer_for,
@@ -53,7 +59,7 @@ from scalesearch.planning.planner import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from scalesearch.config.settings import SearchSettings
+    from scalesearch.config.settings import FINGERPRINT_DEFAULTS, SearchSettings
     from scalesearch.config.spaces import SearchSpace
     from scalesearch.execution.runner import Outcome, TrainJob
     from scalesearch.models.spec import ModelSpec
@@ -83,11 +89,23 @@ def parse_baselines(text: str) -> list[str]:
     return list(dict.fromkeys(names))  # keep order, drop repeats
 
 
+# Steps beyond the searched φ that validate checks by default: B1..B7 extrapolate past the evidence,
+# and at φ + 2 a width-only network is 2x wider than at φ, so an advantage that came only from the
+# proxy's narrow early layers shows up as a verdict that flips.
+HELD_OUT_STEPS = 2
+
+
+def default_phis(searched_phi: float) -> tuple[float, ...]:
+    """0 (the base), every whole φ up to the searched one, the searched φ and HELD_OUT_STEPS beyond it."""
+    whole = range(int(searched_phi) + 1)
+    return tuple(sorted({*map(float, whole), *(searched_phi + step for step in range(HELD_OUT_STEPS + 1))}))
+
+
 @dataclass(frozen=True)
 class ValidationOptions:
     """What `scalesearch validate` was asked for; None fields fall back to the run's own settings."""
 
-    phis: tuple[float, ...] = (0.0, 1.0, 2.0)
+    phis: tuple[float, ...] = ()  # empty: default_phis(the searched φ)
     baselines: tuple[str, ...] = BASELINES
     seeds: int = 3  # seeds per (strategy, φ): the run's seed, seed + 1, ...
     epochs: int | None = None  # training epochs (default: the search's)
@@ -132,8 +150,10 @@ def run_settings(run: Run, **changes: Any) -> SearchSettings:
     if not run.settings:
         raise UserError(f"{run.path / SEARCH} is missing or has no settings; cannot retrain this run")
     known = {f.name for f in fields(SearchSettings)}
+    # A run made before the resolution mapping saw its stored images as they are: "off".
+    recorded = {"base_resolution": FINGERPRINT_DEFAULTS["base_resolution"], **run.settings}
     try:
-        settings = SearchSettings(**{k: v for k, v in run.settings.items() if k in known})
+        settings = SearchSettings(**{k: v for k, v in recorded.items() if k in known})
     except TypeError as error:
         raise UserError(f"{run.path / SEARCH}: unreadable settings ({error})") from None
     settings = replace(settings, space_path=run_space(run).path, verbose=False, **changes)
@@ -303,19 +323,21 @@ def run_validation(run: Run, options: ValidationOptions) -> pd.DataFrame:
     settings = search_settings(run, options)
     space = load_space(settings.space_path)
     dataset = load_dataset(settings.dataset)
+    view = data_view(space, dataset.native_size, settings.base_resolution, dataset=settings.dataset)
+    phis = options.phis or default_phis(settings.phi)
     seeds = [settings.seed + i for i in range(options.seeds)]
     progress = Progress("validate", 0, quiet=options.quiet)
     progress.show("planning", f"measuring the realizable networks on the {settings.constraint} budget")
     planned = plan_validation(
         space,
         chosen_shares(run),
-        phis=options.phis,
+        phis=phis,
         baselines=options.baselines,
         num_classes=dataset.num_classes,
         in_channels=dataset.in_channels,
         constraint=settings.constraint,
     )
-    keys, jobs = _jobs(planned, seeds, settings)
+    keys, jobs = _jobs(planned, seeds, settings, view=view.resize)
     results: dict[tuple[str, int], Outcome] = {}
     out = run.path / VALIDATION_CSV
 
@@ -335,12 +357,24 @@ def run_validation(run: Run, options: ValidationOptions) -> pd.DataFrame:
     finally:
         progress.close()
     rows = validation_rows(planned, seeds, results)
-    plot_validation(summarize(rows), run.path / VALIDATION_PNG, title=f"Compound vs single-dimension: {run.path.name}")
+    summary = summarize(rows)
+    plot_validation(summary, run.path / VALIDATION_PNG, title=f"Compound vs single-dimension: {run.path.name}",
+                    searched_phi=settings.phi)  # fmt: skip
+    mark_family(run, settings, checks_by_phi(verdict(summary)), native=view.native)
     return rows
 
 
+def mark_family(run: Run, settings: SearchSettings, checks: Mapping[float, str], *, native: int) -> None:
+    """family.json and family.md again, each variant marked with what validation said at its φ."""
+    if run.family is None:
+        return
+    family = with_evidence(run.family, native=native, searched_phi=settings.phi, checks=checks)
+    write_json(run.path / FAMILY_JSON, family)
+    write_text(run.path / FAMILY_MD, render_family(family, "markdown"))
+
+
 def _jobs(
-    planned: Sequence[Planned], seeds: Sequence[int], settings: SearchSettings
+    planned: Sequence[Planned], seeds: Sequence[int], settings: SearchSettings, *, view: int | None
 ) -> tuple[list[tuple[str, int]], list[TrainJob]]:
     """The (network key, seed) of each job, and the jobs: keyed by what is trained, not by strategy, so
     each distinct network trains once per seed (labelled with every strategy and φ that wants it)."""
@@ -354,6 +388,6 @@ def _jobs(
     keys = [(network, seed) for network in specs for seed in seeds]
     jobs = [
         replace(job, measure_costs=False)  # costs are the search's business, not the comparison's
-        for job in jobs_for(settings, [(specs[n], seed, " = ".join(labels[n])) for n, seed in keys])
+        for job in jobs_for(settings, [(specs[n], seed, " = ".join(labels[n])) for n, seed in keys], view=view)
     ]
     return keys, jobs

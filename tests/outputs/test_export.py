@@ -34,7 +34,10 @@ def test_json_holds_the_rule_and_family(capsys, run_dir):
     c = data["coefficients"]
     assert (c["alpha"], c["beta"], c["gamma"]) == (best["alpha"], best["beta"], best["gamma"])
     assert data["source"]["trial"] == best["trial"] and data["source"]["dataset"] == "digits"
-    assert data["base"]["resolution"] == 224 and data["base"]["channel_divisor"] == 8
+    # The family's B0 runs at r_base: the tiny space deploys it at the digits' own 8 px.
+    assert data["base"]["resolution"] == family["base_resolution"] == 8 and data["base"]["channel_divisor"] == 8
+    assert [v["upsampling"] for v in data["variants"]] == [v["resolution"] > 8 for v in family["variants"]]
+    assert data["variants"][0]["check"] == "base" and data["evidence"]["data_native_px"] == 8
     assert [{k: v[k] for k in MULTIPLIER_KEYS} for v in data["variants"]] == [
         {k: v[k] for k in MULTIPLIER_KEYS} for v in family["variants"]
     ]

@@ -99,6 +99,24 @@ def test_grid_search_trains_distinct_networks_of_the_realizable_set(tiny_grid_ru
     assert "unknown" in best["verdict"]  # confirm stage off: no spread, and it says so
 
 
+def test_a_run_records_what_the_proxy_saw_and_marks_its_family(tiny_grid_run):
+    """The data view is in the manifest and best.json; family.json's B0 runs at r_base (the tiny space's
+    8 px), every variant above the data's 8 px is marked upsampling, and none is checked yet."""
+    best = json.loads((tiny_grid_run / "best.json").read_text())
+    manifest = json.loads((tiny_grid_run / "manifest.json").read_text())
+    assert best["data_view"] == manifest["data_view"]
+    assert {k: best["data_view"][k] for k in ("native", "base_resolution", "proxy_resolution", "size")} == {
+        "native": 8, "base_resolution": 8, "proxy_resolution": 12, "size": 8}  # fmt: skip
+    family = json.loads((tiny_grid_run / "family.json").read_text())
+    assert family["base_resolution"] == 8 and family["variants"][0]["resolution"] == 8
+    assert [v["upsampling"] for v in family["variants"]] == [v["resolution"] > 8 for v in family["variants"]]
+    assert any(v["upsampling"] for v in family["variants"])
+    assert [v["check"] for v in family["variants"]] == ["base"] + ["unchecked"] * (len(family["variants"]) - 1)
+    assert family["evidence"]["data_native_px"] == 8 and family["evidence"]["checked_up_to_phi"] is None
+    markdown = (tiny_grid_run / "family.md").read_text()
+    assert "upsample" in markdown and "unchecked: B1" in markdown
+
+
 def test_a_search_uses_the_ray_session_this_process_runs_and_leaves_it_running(tiny_grid_run):
     import ray
 

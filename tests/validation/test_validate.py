@@ -21,12 +21,14 @@ from scalesearch.config.spaces import load_space
 from scalesearch.core.errors import UserError
 from scalesearch.core.scaling import Shares, share_distance
 from scalesearch.execution.runner import Outcome
-from scalesearch.outputs.verdict import FAR_FROM_PURE, summarize, verdict
+from scalesearch.outputs.family_table import evidence_line, with_evidence
+from scalesearch.outputs.verdict import FAR_FROM_PURE, checks_by_phi, summarize, verdict
 from scalesearch.planning.planner import realizable_set
 from scalesearch.validation.validate import (
     VALIDATION_COLUMNS,
     Planned,
     baseline_shares,
+    default_phis,
     plan_validation,
     validation_rows,
 )
@@ -198,6 +200,28 @@ def test_verdict_on_known_numbers():
     assert two["call"] == "within seed noise"
     single = verdict(summarize(_rows({("compound", 1.0): [0.9], ("depth", 1.0): [0.8]}))).iloc[0]
     assert single["call"] == "one seed: no spread, no call" and not single["exceeds"]
+    assert (one["outcome"], two["outcome"], single["outcome"]) == ("better", "tied", "no call")
+    worse = verdict(summarize(_rows({("compound", 3.0): [0.70, 0.71], ("width", 3.0): [0.80, 0.81]}))).iloc[0]
+    assert worse["outcome"] == "worse" and worse["call"] == "width better"
+    assert checks_by_phi(table.reset_index()) == {1.0: "better", 2.0: "tied"}
+
+
+def test_validate_checks_past_the_searched_phi_by_default():
+    assert default_phis(2.0) == (0.0, 1.0, 2.0, 3.0, 4.0)
+    assert default_phis(1.0) == (0.0, 1.0, 2.0, 3.0)
+    assert default_phis(1.5) == (0.0, 1.0, 1.5, 2.5, 3.5)
+
+
+def test_the_family_says_how_far_the_rule_was_checked():
+    family = {"coefficients": {"alpha": 1.2}, "variants": [
+        {"name": f"B{k}", "phi": float(k), "resolution": 12 + 4 * k} for k in range(5)]}  # fmt: skip
+    marked = with_evidence(family, native=20, searched_phi=2.0, checks={2.0: "better", 3.0: "tied", 4.0: "worse"})
+    assert [v["check"] for v in marked["variants"]] == ["base", "unchecked", "better", "tied", "worse"]
+    assert [v["upsampling"] for v in marked["variants"]] == [False, False, False, True, True]
+    assert marked["evidence"]["checked_up_to_phi"] == 4.0 and marked["evidence"]["searched_phi"] == 2.0
+    line = evidence_line(marked)
+    assert "B3, B4 upsample" in line and "up to phi 4 (phi 2 better, phi 3 tied, phi 4 worse)" in line
+    assert "unchecked: B1" in line
 
 
 def test_verdict_names_a_baseline_that_is_not_what_its_name_says():
@@ -257,6 +281,11 @@ def test_validation_table_contents(validated):
     # phi 0 is the base model for every strategy: one training per seed, the same accuracy everywhere.
     base = rows[rows["phi"] == 0]
     assert base["network"].nunique() == 1 and (base.groupby("seed")["final_val_accuracy"].nunique() == 1).all()
+    # validate marks the family with what it found at each phi (here phi 1, at proxy scale).
+    family = json.loads((validated / "family.json").read_text())
+    outcome = verdict(summarize(rows)).set_index("phi").loc[1.0, "outcome"]
+    assert [v["check"] for v in family["variants"]] == ["base", outcome]
+    assert family["evidence"]["checked_up_to_phi"] == 1.0
 
 
 @pytest.mark.slow
