@@ -33,7 +33,7 @@ from scalesearch.planning.planner import realizable_set
 from scalesearch.search.driver import run_search
 from scalesearch.training.trainer import train_model
 
-TINY = str(Path(__file__).resolve().parent.parent / "tests" / "data" / "tiny_space.yaml")
+TINY = str(Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "tiny_space.yaml")
 
 
 def rows(run_dir: Path) -> list[dict]:

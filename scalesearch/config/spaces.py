@@ -199,7 +199,7 @@ def spaces_dir() -> Path:
     if override:
         return Path(override)
     # A source checkout (editable install or PYTHONPATH) reads the folder the docs point at.
-    checkout = Path(__file__).resolve().parent.parent / "search_spaces"
+    checkout = Path(__file__).resolve().parents[2] / "search_spaces"
     if (checkout / f"{DEFAULT_SPACE}.yaml").is_file():
         return checkout
     try:

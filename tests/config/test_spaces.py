@@ -1,5 +1,7 @@
 """Search-space files: the shipped one loads; bad files fail with one clear message."""
 
+from pathlib import Path
+
 import pytest
 
 from scalesearch.config.spaces import load_space, space_from_text
@@ -72,3 +74,12 @@ def test_space_from_text_is_the_space_without_its_file():
         space.recipe,
     )
     assert space.builder is None and space.builder_module() is None
+
+
+def test_a_checkout_reads_its_own_search_spaces_folder(monkeypatch):
+    """Run from a source tree (here, or a worktree on PYTHONPATH), the shipped spaces are that tree's."""
+    from scalesearch.config import spaces
+
+    monkeypatch.delenv(spaces.SPACES_ENV, raising=False)
+    tree = Path(spaces.__file__).resolve().parents[2]
+    assert spaces.spaces_dir() == tree / "search_spaces"
