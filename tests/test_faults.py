@@ -1,0 +1,93 @@
+"""Faults a user can run into, each held to the contract of tests/BAD_INPUTS.md: one clear line on
+stderr naming the problem, exit status 2 (130 for Ctrl-C, 143 for SIGTERM), no traceback, and
+nothing lost or half-written. Each test names its case in BAD_INPUTS.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RUN = ROOT / "results" / "default"
+TINY_RUN = ROOT / "tests" / "data" / "run_tiny"
+TINY_SPACE = ROOT / "tests" / "data" / "tiny_space.yaml"
+
+
+def cli(*argv: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`scalesearch ARGV` in a subprocess, as a user runs it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "scalesearch", *argv], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)  # fmt: skip
+
+
+def one_line(result: subprocess.CompletedProcess[str], *needles: str, status: int = 2) -> str:
+    """The command ended with `status` and exactly one line on stderr holding every needle."""
+    err = result.stderr
+    assert result.returncode == status, (result.returncode, err)
+    assert "Traceback" not in err and err.count("\n") == 1 and err.endswith("\n"), err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` and its bytes: what 'nothing lost or half-written' compares."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def copy_run(source: Path, tmp_path: Path, name: str = "run") -> Path:
+    target = tmp_path / name
+    shutil.copytree(source, target)
+    return target
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+# --------------------------------------------------------------------------------------------------
+# Damaged run folders: plot, report, export, validate
+
+
+@pytest.mark.parametrize(("key", "command"), [("value", "plot"), ("std", "plot"), ("alpha", "report"),
+                                              ("measured_ratio", "report"), ("value", "report")])  # fmt: skip
+def test_a_string_where_best_json_holds_a_number_is_one_line(tmp_path: Path, key: str, command: str) -> None:
+    run = copy_run(DEFAULT_RUN, tmp_path)
+    edit_json(run / "best.json", lambda best: best.__setitem__(key, "abc"))
+    before = snapshot(run)
+    argv = ["plot", str(run), "--out", str(tmp_path / "out.png")] if command == "plot" else ["report", str(run)]
+    one_line(cli(*argv), "best.json", key, "should be a number", "'abc'")
+    assert snapshot(run) == before and not (tmp_path / "out.png").exists()
+
+
+def test_a_string_deep_in_best_json_is_named_by_its_place(tmp_path: Path) -> None:
+    run = copy_run(DEFAULT_RUN, tmp_path)
+    edit_json(run / "best.json", lambda best: best["confirm"]["candidates"][1].__setitem__("mean", "0.9"))
+    one_line(cli("report", str(run)), "confirm.candidates[1].mean should be a number")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda family: family.__setitem__("variants", "x"), "not a scalesearch family.json"),
+        (lambda family: family.clear(), "not a scalesearch family.json"),
+        (lambda family: family["variants"][1].__setitem__("width_mult", "wide"), "variants[1].width_mult"),
+        (lambda family: family.pop("rule"), "missing rule"),
+        (lambda family: family["variants"][0].pop("stages"), "missing stages"),
+    ],
+)
+def test_export_of_a_damaged_family_json_names_the_damage(tmp_path: Path, damage, message: str) -> None:
+    run = copy_run(DEFAULT_RUN, tmp_path)
+    edit_json(run / "family.json", damage)
+    err = one_line(cli("export", str(run)), "family.json", "damaged", message)
+    assert "not found" not in err
+    (run / "family.json").write_text("[1]")  # valid JSON, not a family
+    one_line(cli("export", str(run)), "family.json: damaged")
