@@ -91,3 +91,55 @@ def test_export_of_a_damaged_family_json_names_the_damage(tmp_path: Path, damage
     assert "not found" not in err
     (run / "family.json").write_text("[1]")  # valid JSON, not a family
     one_line(cli("export", str(run)), "family.json: damaged")
+
+
+def test_plot_out_a_folder_or_an_unwritable_place_is_one_line(tmp_path: Path) -> None:
+    run = copy_run(TINY_RUN, tmp_path)
+    before = snapshot(run)
+    (tmp_path / "frontier.png").mkdir()
+    one_line(cli("plot", str(run), "--out", str(tmp_path / "frontier.png")), "is a folder")
+    # /sys refuses new files even to root (sysfs); elsewhere a read-only mount gives EROFS, tested below.
+    one_line(cli("plot", str(run), "--out", "/sys/frontier.png"), "cannot write /sys/frontier.png")
+    assert snapshot(run) == before and list((tmp_path / "frontier.png").iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["plot", "report"])
+def test_a_read_only_file_system_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str], command: str) -> None:  # fmt: skip
+    import errno
+
+    from scalesearch import results
+    from scalesearch.cli import main
+
+    run = copy_run(TINY_RUN, tmp_path)
+    before = snapshot(run)
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(results.tempfile, "mkstemp", read_only)
+    argv = ["plot", str(run), "--out", str(run / "mine.svg")] if command == "plot" else ["report", str(run)]
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "Read-only file system" in err and str(run) in err, err
+    assert snapshot(run) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_report_on_a_read_only_run_folder_is_one_line(tmp_path: Path) -> None:
+    run = copy_run(TINY_RUN, tmp_path)
+    before = snapshot(run)
+    run.chmod(0o555)
+    try:
+        one_line(cli("report", str(run)), "cannot write", "Permission denied")
+    finally:
+        run.chmod(0o755)
+    assert snapshot(run) == before
+
+
+def test_report_out_naming_a_folder_is_one_line(tmp_path: Path) -> None:
+    run = copy_run(TINY_RUN, tmp_path)
+    (run / "report.md").mkdir()
+    before = snapshot(run)
+    one_line(cli("report", str(run)), "is a folder")
+    assert snapshot(run) == before
