@@ -143,3 +143,29 @@ def test_report_out_naming_a_folder_is_one_line(tmp_path: Path) -> None:
     before = snapshot(run)
     one_line(cli("report", str(run)), "is a folder")
     assert snapshot(run) == before
+
+
+def test_report_on_a_run_without_trials_csv_names_the_missing_file(tmp_path: Path) -> None:
+    run = copy_run(DEFAULT_RUN, tmp_path)
+    (run / "trials.csv").unlink()
+    before = snapshot(run)
+    one_line(cli("report", str(run)), "trials.csv not found")
+    assert snapshot(run) == before  # no report saying "trials: 0", no redrawn plots
+
+
+@pytest.mark.parametrize(("key", "value"), [("trials", "x"), ("trials", 0), ("cpus_per_trial", "two")])
+@pytest.mark.parametrize("command", ["validate", "train"])
+def test_a_damaged_search_json_is_blamed_not_a_flag(tmp_path: Path, key: str, value: object, command: str) -> None:
+    run = copy_run(DEFAULT_RUN, tmp_path)
+    edit_json(run / "search.json", lambda search: search["settings"].__setitem__(key, value))
+    before = snapshot(run)
+    argv = ["train", "--from", str(run)]
+    if command == "validate":
+        argv = ["validate", str(run), "--phis", "0", "--seeds", "1"]
+    err = one_line(cli(*argv), f"{run / 'search.json'}: damaged setting: {key} must be")
+    assert "--" not in err.partition("damaged setting")[2]
+    assert snapshot(run) == before
+
+
+def test_validate_flags_are_still_blamed_as_flags(tmp_path: Path) -> None:
+    one_line(cli("validate", str(DEFAULT_RUN), "--phis", "0", "--epochs", "0"), "--epochs must be")
