@@ -169,3 +169,47 @@ def test_a_damaged_search_json_is_blamed_not_a_flag(tmp_path: Path, key: str, va
 
 def test_validate_flags_are_still_blamed_as_flags(tmp_path: Path) -> None:
     one_line(cli("validate", str(DEFAULT_RUN), "--phis", "0", "--epochs", "0"), "--epochs must be")
+
+
+# --------------------------------------------------------------------------------------------------
+# SIGTERM to a running search
+
+
+def _rows(path: Path) -> list[str]:
+    """trials.csv's data lines (a file replaced atomically: read whole or not at all)."""
+    return path.read_text().splitlines()[1:] if path.is_file() else []
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_search_like_ctrl_c(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "scalesearch", "search", "--space", str(TINY_SPACE), "--out", str(out),
+               "--family-phis", "0-1", "--concurrency", "1", "--confirm-top", "0", "--trials", "3",
+               "--quiet"]  # fmt: skip
+    # Its own process group, so the test can clean up everything it started; the signal goes to the
+    # command alone, as `kill PID` sends it.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not _rows(out / "trials.csv") and process.poll() is None:
+            time.sleep(0.2)
+        before = _rows(out / "trials.csv")
+        assert before, "no trial finished in time"
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 143, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "interrupted" in lines[0] and "--resume" in lines[0] and str(out) in lines[0]
+    after = _rows(out / "trials.csv")
+    assert after[: len(before)] == before  # what was written stays, byte for byte
+    assert not (out / "best.json").exists() and (out / "search.json").is_file()
