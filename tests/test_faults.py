@@ -213,3 +213,107 @@ def test_sigterm_stops_a_search_like_ctrl_c(tmp_path: Path) -> None:
     after = _rows(out / "trials.csv")
     assert after[: len(before)] == before  # what was written stays, byte for byte
     assert not (out / "best.json").exists() and (out / "search.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# A user's builder that misbehaves
+
+
+USER_MODELS = '''
+import sys
+
+from torch import nn
+
+
+def net(width_mult, depth_mult, num_classes, in_channels, outputs=None):
+    width = max(2, round(8 * width_mult))
+    layers = [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU()]
+    for _ in range(max(1, round(2 * depth_mult)) - 1):
+        layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, outputs or num_classes)]
+    return nn.Sequential(*layers, *head)
+
+
+class Wrapped(nn.Module):
+    def __init__(self, inner, forward):
+        super().__init__()
+        self.inner, self.how = inner, forward
+
+    def forward(self, x):
+        return self.how(self.inner, x)
+
+
+def exits(*, width_mult, depth_mult, num_classes, in_channels):
+    sys.exit(3)
+
+
+def forward_raises(*, width_mult, depth_mult, num_classes, in_channels):
+    def boom(inner, x):
+        raise RuntimeError("boom in forward")
+
+    return Wrapped(net(width_mult, depth_mult, num_classes, in_channels), boom)
+
+
+def prints(*, width_mult, depth_mult, num_classes, in_channels):
+    print("building a network")
+
+    def chatty(inner, x):
+        print("forward")
+        return inner(x)
+
+    return Wrapped(net(width_mult, depth_mult, num_classes, in_channels), chatty)
+
+
+def flat_output(*, width_mult, depth_mult, num_classes, in_channels):
+    return Wrapped(net(width_mult, depth_mult, num_classes, in_channels), lambda inner, x: inner(x).reshape(-1))
+
+
+def thirteen_outputs(*, width_mult, depth_mult, num_classes, in_channels):
+    return net(width_mult, depth_mult, num_classes, in_channels, outputs=13)
+
+
+def ignores_scaling(*, width_mult, depth_mult, num_classes, in_channels):
+    return net(1.0, 1.0, num_classes, in_channels)
+'''
+
+
+def builder_space(tmp_path: Path, builder: str) -> Path:
+    """A space whose builder is `user_models:BUILDER` (USER_MODELS, written next to it)."""
+    (tmp_path / "user_models.py").write_text(USER_MODELS)
+    path = tmp_path / f"{builder}.yaml"
+    path.write_text(f"name: {builder}\nbuilder: user_models:{builder}\nproxy: {{resolution: 8}}\n"
+                    "search: {dataset: digits, epochs: 1}\n")  # fmt: skip
+    return path
+
+
+FAMILY = ["--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--phis", "0", "--format", "json"]
+
+
+@pytest.mark.parametrize(
+    ("builder", "message"),
+    [
+        ("exits", "raised SystemExit: 3"),
+        ("forward_raises", "forward pass on a (1, 3, 8, 8) input raised RuntimeError: boom in forward"),
+        ("flat_output", "returns shape (10,)"),
+        ("thirteen_outputs", "returns shape (1, 13)"),
+        ("ignores_scaling", "ignores width_mult and depth_mult"),
+    ],
+)
+def test_a_misbehaving_builder_is_one_line_naming_it(tmp_path: Path, builder: str, message: str) -> None:
+    space = builder_space(tmp_path, builder)
+    result = cli("family", "--space", str(space), *FAMILY)
+    one_line(result, str(space), f"user_models:{builder}", message)
+    assert result.stdout == ""
+
+
+def test_train_with_a_builder_whose_forward_raises_is_one_line(tmp_path: Path) -> None:
+    space = builder_space(tmp_path, "forward_raises")
+    result = cli("train", "--space", str(space), "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--epochs", "1")
+    one_line(result, "user_models:forward_raises", "boom in forward")
+
+
+def test_what_a_builder_prints_goes_to_stderr_and_json_stays_valid(tmp_path: Path) -> None:
+    result = cli("family", "--space", str(builder_space(tmp_path, "prints")), *FAMILY)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["variants"][0]["name"] == "B0"
+    assert "building a network" in result.stderr and "forward" in result.stderr
