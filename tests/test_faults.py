@@ -219,7 +219,7 @@ def test_sigterm_stops_a_search_like_ctrl_c(tmp_path: Path) -> None:
 # A user's builder that misbehaves
 
 
-USER_MODELS = '''
+USER_MODELS = """
 import sys
 
 from torch import nn
@@ -274,7 +274,7 @@ def thirteen_outputs(*, width_mult, depth_mult, num_classes, in_channels):
 
 def ignores_scaling(*, width_mult, depth_mult, num_classes, in_channels):
     return net(1.0, 1.0, num_classes, in_channels)
-'''
+"""
 
 
 def builder_space(tmp_path: Path, builder: str) -> Path:
@@ -317,3 +317,23 @@ def test_what_a_builder_prints_goes_to_stderr_and_json_stays_valid(tmp_path: Pat
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["variants"][0]["name"] == "B0"
     assert "building a network" in result.stderr and "forward" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# Absurd phi
+
+
+@pytest.mark.parametrize("phi", ["40", "1e308"])
+def test_train_refuses_an_absurd_phi_at_once(tmp_path: Path, phi: str) -> None:
+    import time
+
+    start = time.monotonic()
+    result = cli("train", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--phi", phi, "--dataset", "digits",
+                 "--epochs", "1", cwd=tmp_path, timeout=60)  # fmt: skip
+    one_line(result, f"phi={float(phi):g}", "choose a smaller phi")
+    assert time.monotonic() - start < 30  # refused before the enumeration, not after minutes of it
+
+
+def test_family_phis_that_overflow_are_one_line(tmp_path: Path) -> None:
+    result = cli("family", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--phis", "0-100000", cwd=tmp_path)
+    one_line(result, "phi=100000", "too large", "--phis")
