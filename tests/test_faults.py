@@ -337,3 +337,51 @@ def test_train_refuses_an_absurd_phi_at_once(tmp_path: Path, phi: str) -> None:
 def test_family_phis_that_overflow_are_one_line(tmp_path: Path) -> None:
     result = cli("family", "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15", "--phis", "0-100000", cwd=tmp_path)
     one_line(result, "phi=100000", "too large", "--phis")
+
+
+# --------------------------------------------------------------------------------------------------
+# Image folders
+
+
+def image_folder(tmp_path: Path, sizes: dict[str, list[tuple[int, int]]]) -> Path:
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    for name, shapes in sizes.items():
+        (root / name).mkdir(parents=True)
+        for i, size in enumerate(shapes):
+            Image.new("L", size, 30 * i).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("target", ["root", "other class", "parent"])
+def test_a_class_folder_linked_inside_the_dataset_is_refused(tmp_path: Path, target: str) -> None:
+    root = image_folder(tmp_path, {"a": [(8, 8)] * 4, "b": [(8, 8)] * 4})
+    link = {"root": root, "other class": root / "a", "parent": tmp_path}[target]
+    (root / "loop").symlink_to(link, target_is_directory=True)
+    before = snapshot(root)
+    result = cli("data", str(root), "--cache-dir", str(tmp_path / "cache"))
+    one_line(result, str(root / "loop"), "link to", "remove the link")
+    assert result.stdout == "" and snapshot(root) == before
+
+
+def test_a_class_folder_linked_from_elsewhere_is_a_class(tmp_path: Path) -> None:
+    elsewhere = image_folder(tmp_path / "shared", {"c": [(8, 8)] * 3})
+    root = image_folder(tmp_path, {"a": [(8, 8)] * 3, "b": [(8, 8)] * 3})
+    (root / "c").symlink_to(elsewhere / "c", target_is_directory=True)
+    result = cli("data", str(root), "--cache-dir", str(tmp_path / "cache"), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert [c["images"] for c in json.loads(result.stdout)["classes"]] == [3, 3, 3]
+
+
+def test_mixed_image_sizes_are_said_with_the_size_they_get(tmp_path: Path) -> None:
+    root = image_folder(tmp_path, {"a": [(8, 8), (8, 8), (32, 20)], "b": [(8, 8), (12, 9), (8, 8)]})
+    table = cli("data", str(root), "--cache-dir", str(tmp_path / "cache"))
+    assert table.returncode == 0, table.stderr
+    assert "native size: 8×8 (images differ: 8×8 to 32×20; each is resized so its shorter side is 8 px, " \
+           "the median shorter side" in table.stdout  # fmt: skip
+    info = json.loads(cli("data", str(root), "--cache-dir", str(tmp_path / "cache"), "--format", "json").stdout)
+    assert info["native_size"] == 8 and info["image_sizes"] == [[8, 8], [32, 20]]
+    same = image_folder(tmp_path / "same", {"a": [(8, 8)] * 2, "b": [(8, 8)] * 2})
+    table = cli("data", str(same), "--cache-dir", str(tmp_path / "cache"))
+    assert "native size: 8×8  channels: 1" in table.stdout
