@@ -385,3 +385,18 @@ def test_mixed_image_sizes_are_said_with_the_size_they_get(tmp_path: Path) -> No
     same = image_folder(tmp_path / "same", {"a": [(8, 8)] * 2, "b": [(8, 8)] * 2})
     table = cli("data", str(same), "--cache-dir", str(tmp_path / "cache"))
     assert "native size: 8×8  channels: 1" in table.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# train follows the space's dataset, as search does
+
+
+def test_train_defaults_to_the_space_dataset_like_search(tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    spec = "synthetic:n=200,size=12,channels=1"
+    space.write_text(TINY_SPACE.read_text().replace("dataset: digits", f'dataset: "{spec}"'))
+    argv = ["train", "--space", str(space), "--alpha", "1", "--beta", "1", "--gamma", "1", "--phi", "0",
+            "--epochs", "1", "--threads", "1", "--format", "json", "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    result = cli(*argv, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["dataset"] == spec  # --dataset still wins: test_custom_family, test_readme

@@ -43,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--trial", type=int, default=None, help="with --from: this trial of trials.csv (default: best.json's)"
     )
     parser.add_argument("--space", default=None, help="search-space YAML or shipped name (default: efficientnet_b0)")
-    parser.add_argument("--dataset", default=None, help="dataset spec (default: digits)")
+    parser.add_argument("--dataset", default=None, help="dataset spec (default: the space's, as for search)")
     parser.add_argument("--alpha", type=float, default=None, help="depth coefficient")
     parser.add_argument("--beta", type=float, default=None, help="width coefficient")
     parser.add_argument("--gamma", type=float, default=None, help="resolution coefficient")
@@ -74,7 +74,11 @@ def run(args: argparse.Namespace) -> int:
     if args.from_run is not None:
         job, network, described, dataset = _from_run(args, dataset_options)
     else:
-        dataset = load_dataset(args.dataset or "digits", **dataset_options)
+        from scalesearch.spaces import DEFAULT_SPACE, load_space
+
+        # As search does: the flag, else the space's `search: dataset`, else digits.
+        spec = args.dataset or load_space(args.space or DEFAULT_SPACE).search.get("dataset") or "digits"
+        dataset = load_dataset(str(spec), **dataset_options)
         job, network, described = _from_coefficients(args, dataset)
     if dataset.skipped:
         print(f"skipped {len(dataset.skipped)} unreadable image file(s)", file=sys.stderr)
