@@ -279,7 +279,7 @@ def _enumerate_networks(
     try:
         goal, tolerance = space.target**phi, space.tolerance
         top = goal * (1.0 + tolerance)
-        need = memory_estimate(family, base, top, 1.0, math.sqrt(top))
+        need: float = memory_estimate(family, base, top, 1.0, math.sqrt(top))
     except OverflowError:
         need = math.inf
     if need > MEMORY_SHARE * available_memory():
