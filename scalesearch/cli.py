@@ -10,8 +10,11 @@ import argparse
 import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 from scalesearch import __version__
 from scalesearch.core.errors import UserError
@@ -53,9 +56,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     0 ok; 2 bad input (argparse's usage message for a bad flag, one line on stderr for every
     UserError); 130 on Ctrl-C at any point, also while the commands' modules import; no traceback for
-    either.
+    either. SIGTERM (`kill`, a scheduler's stop) takes Ctrl-C's path, so a search stops the same way
+    (finished trials kept, one line with the resume hint), and exits 143 (128 + SIGTERM), the status a
+    supervisor expects of a process it terminated.
     """
     command = "scalesearch"
+    terminated: list[int] = []
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        terminated.append(signum)
+        # Whatever Ctrl-C does right now: Ray Tune's graceful stop during a search, else KeyboardInterrupt.
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler) and handler is not on_sigterm:
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    # cluster.ray_session puts this handler back after ray.init (which installs its own).
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -64,19 +83,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         command = f"scalesearch {args.command}"
         _check_cluster_early(args)
-        return int(args.run(args) or 0)
+        status = int(args.run(args) or 0)
+        return 128 + signal.SIGTERM if terminated and status == 130 else status
     except UserError as error:
         print(f"{command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"{command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 128 + signal.SIGTERM if terminated else 130
     except BrokenPipeError:
         # The reader went away (`scalesearch family | head`): not an error. Point stdout at devnull so
         # Python's flush at exit does not complain again (the recipe in Python's signal docs).
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from typing import Any
 
@@ -48,6 +50,25 @@ def describe(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     recipe = Recipe.from_mapping({k: v for k, v in overrides.items() if v is not None})
     dataset = load_dataset(spec, skip_bad_images=args.skip_bad_images, cache_dir=args.cache_dir)
     split = split_dataset(dataset, val_fraction=recipe.val_fraction, seed=recipe.split_seed)
+    # An image folder of mixed sizes is decoded to one square size (imagefolder.decode_folder): say
+    # so, with the range, rather than a bare "native size" that reads as if every image had it.
+    sizes: set[tuple[int, int]] = set()
+    kind, _, rest = dataset.spec.partition(":")
+    folder = rest if kind == "imagefolder" else None
+    if kind not in ("digits", "synthetic", "npz", "imagefolder") and os.path.isdir(dataset.spec):
+        folder = dataset.spec
+    if folder:
+        from PIL import Image
+
+        from scalesearch.data.imagefolder import list_folder
+
+        root = os.path.realpath(folder)
+        for _, rels in list_folder(root):
+            for rel in rels:
+                unreadable = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # listed as skipped
+                with contextlib.suppress(*unreadable), Image.open(os.path.join(root, rel)) as image:  # its header
+                    sizes.add(image.size)
+    by_area = sorted(sizes, key=lambda size: (size[0] * size[1], min(size)))
     total = dataset.labels.bincount(minlength=dataset.num_classes).tolist()
     in_val = dataset.labels[split.val_indices].bincount(minlength=dataset.num_classes).tolist()
     return {
@@ -58,6 +79,8 @@ def describe(spec: str, args: argparse.Namespace) -> dict[str, Any]:
             for name, n, v in zip(dataset.class_names, total, in_val)
         ],
         "native_size": dataset.native_size,
+        # (smallest, largest) by area when a folder's images differ in size, else null
+        "image_sizes": [list(by_area[0]), list(by_area[-1])] if len(sizes) > 1 else None,
         "channels": dataset.in_channels,
         "split": {
             "train": len(split.train_indices),
@@ -81,9 +104,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     split = info["split"]
     size = info["native_size"]
+    differ = ""
+    if info["image_sizes"]:
+        (w0, h0), (w1, h1) = info["image_sizes"]
+        from scalesearch.data.imagefolder import MAX_NATIVE_SIZE
+
+        differ = (f" (images differ: {w0}×{h0} to {w1}×{h1}; each is resized so its shorter side is {size} px, "
+                  f"the median shorter side (at most {MAX_NATIVE_SIZE}), and centre-cropped to a square)")  # fmt: skip
     lines = [
         f"dataset: {info['spec']}",
-        f"images: {info['images']:,}  classes: {len(info['classes'])}  native size: {size}×{size}  "
+        f"images: {info['images']:,}  classes: {len(info['classes'])}  native size: {size}×{size}{differ}  "
         f"channels: {info['channels']}",
         f"split: train {split['train']:,} / val {split['val']:,} "
         f"(val_fraction {split['val_fraction']:g}, seed {split['seed']}, stratified)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -99,17 +100,19 @@ def run(args: argparse.Namespace) -> int:
 
         progress = tqdm(total=len(phis), desc="measuring variants", unit="variant", file=sys.stderr, leave=False)
     try:
-        family = family_table(
-            space,
-            coefficients,
-            phis,
-            num_classes=args.num_classes,
-            in_channels=args.in_channels,
-            on_variant=(lambda _row: progress.update(1)) if progress else None,
-            costs=args.costs,
-            threads=args.threads,
-            calibrated=not args.pure_rule,
-        )
+        # A user's model may print while it is measured: stdout carries the table or JSON alone.
+        with contextlib.redirect_stdout(sys.stderr):
+            family = family_table(
+                space,
+                coefficients,
+                phis,
+                num_classes=args.num_classes,
+                in_channels=args.in_channels,
+                on_variant=(lambda _row: progress.update(1)) if progress else None,
+                costs=args.costs,
+                threads=args.threads,
+                calibrated=not args.pure_rule,
+            )
     finally:
         if progress is not None:
             progress.close()

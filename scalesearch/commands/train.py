@@ -40,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--trial", type=int, default=None, help="with --from: this trial of trials.csv (default: best.json's)"
     )
     parser.add_argument("--space", default=None, help="search-space YAML or shipped name (default: efficientnet_b0)")
-    parser.add_argument("--dataset", default=None, help="dataset spec (default: digits)")
+    parser.add_argument("--dataset", default=None, help="dataset spec (default: the space's, as for search)")
     parser.add_argument("--alpha", type=float, default=None, help="depth coefficient")
     parser.add_argument("--beta", type=float, default=None, help="width coefficient")
     parser.add_argument("--gamma", type=float, default=None, help="resolution coefficient")
@@ -73,9 +73,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     # Imported here, not at the top: `scalesearch --help` imports every command, and these import torch.
     from scalesearch.config.settings import parse_base_resolution
-    from scalesearch.config.spaces import DEFAULT_SPACE
+    from scalesearch.config.spaces import DEFAULT_SPACE, load_space
     from scalesearch.core.scaling import Coefficients
-    from scalesearch.data.datasets import load_dataset
+    from scalesearch.data.datasets.datasets import load_dataset
     from scalesearch.validation.one_proxy import job_from_coefficients, job_from_run, summarize_training, train_network
 
     _check_flags(args)
@@ -85,9 +85,12 @@ def run(args: argparse.Namespace) -> int:
             args.from_run, trial=args.trial, seed=args.seed, epochs=args.epochs, dataset_options=dataset_options
         )
     else:
-        dataset = load_dataset(args.dataset or "digits", **dataset_options)
+        # As search does: the flag, else the space's `search: dataset`, else digits.
+        space_path = args.space or DEFAULT_SPACE
+        spec = args.dataset or load_space(space_path).search.get("dataset") or "digits"
+        dataset = load_dataset(str(spec), **dataset_options)
         job, network, described = job_from_coefficients(
-            args.space or DEFAULT_SPACE,
+            space_path,
             Coefficients(args.alpha, args.beta, args.gamma),
             dataset,
             phi=1.0 if args.phi is None else args.phi,

@@ -264,9 +264,24 @@ def space_from_text(text: str, *, path: str | os.PathLike[str]) -> SearchSpace:
 
 
 def _check_builder(space: SearchSpace) -> None:
-    """Build the proxy base once, so a builder that fails or returns no module fails at load time."""
+    """Build the proxy base once, so a builder that fails or returns no module fails at load time; for a
+    builder callable also run it (a forward pass that raises, or returns no (1, classes) logits) and
+    check that width_mult and depth_mult change the network (else every candidate is the same one)."""
     spec = space.scaled_proxy(Coefficients(1.0, 1.0, 1.0), 0.0, num_classes=10, in_channels=3)
-    space.proxy_family.build(spec)
+    family = space.proxy_family
+    family.build(spec)
+    measure = getattr(family, "weight_layers", None)  # a Family subclass counts its own stages
+    if measure is None:
+        return
+    base = measure(spec)
+    wider = measure(replace(spec, width_mult=2.0 * spec.width_mult))
+    deeper = measure(replace(spec, depth_mult=2.0 * spec.depth_mult))
+    if wider == base and deeper == base:
+        raise UserError(
+            f"builder {space.builder!r} ignores width_mult and depth_mult: doubling either builds the same network "
+            f"({len(base) - 1} conv/linear layers before the classifier), so every candidate of a search would be "
+            "one network at different resolutions; scale the layers' channels and count with them"
+        )
 
 
 def _mapping(raw: Any, what: str) -> Mapping[str, Any]:

@@ -33,7 +33,18 @@ def list_folder(root: str) -> list[tuple[str, list[str]]]:
         hint = " (images lie directly in it; put them in one sub-folder per class)" if loose else ""
         raise UserError(f"{root}: no class sub-folders found{hint}")
     result = []
+    real_root = os.path.realpath(root)
     for name in classes:
+        # A class folder linked to a folder inside the dataset (its root, another class) would become one
+        # more class holding the other classes' images. A link to a folder elsewhere is a real class.
+        target = os.path.realpath(os.path.join(root, name))
+        if os.path.islink(os.path.join(root, name)) and (
+            target == real_root or target.startswith(real_root + os.sep) or real_root.startswith(target + os.sep)
+        ):
+            raise UserError(
+                f"{os.path.join(root, name)}: class folder is a link to {target}, inside the dataset folder "
+                "(it would be one more class holding other classes' images); remove the link"
+            )
         rels: list[str] = []
         for dirpath, dirnames, filenames in os.walk(os.path.join(root, name)):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))

@@ -9,9 +9,11 @@ import contextlib
 import logging
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -285,8 +287,13 @@ def ray_session(settings: ResourceSettings, *, space: SearchSpace | None = None)
         saved_mode = os.environ.get(AUTH_MODE_ENV)
         quiet = logging.DEBUG if settings.verbose else logging.ERROR
         global _started_here
+        # ray.init replaces the SIGTERM handler with sys.exit, which tears Ray down mid-run (exit 134 and a
+        # C++ dump): keep the one the command installed (cli.main: SIGTERM is handled like Ctrl-C).
+        sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
         try:
             where = _init_ray(settings, access, logging_level=quiet, runtime_env=runtime_env)
+            if sigterm is not None:
+                signal.signal(signal.SIGTERM, sigterm)
             _started_here = True
             _check_resources(settings, ray.cluster_resources(), where="the cluster")
             yield where

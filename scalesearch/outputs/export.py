@@ -62,8 +62,16 @@ def rule_export(run: Run) -> dict[str, Any]:
     """
     if run.family is None:
         raise UserError(f"{run.path / 'family.json'} not found: the run did not finish writing its family")
-    space = run_space(run)
     family = run.family
+    needed = ("rule", "rule_description", "coefficients", "space", "family", "flops_convention", "num_classes",
+              "in_channels")  # fmt: skip
+    missing = [key for key in needed if key not in family]
+    missing += sorted(
+        {key for v in family["variants"] for key in ("width_mult", "depth_mult", "stages") if key not in v}
+    )
+    if missing:
+        raise UserError(f"{run.path / 'family.json'}: damaged: missing {', '.join(missing)}")
+    space = run_space(run)
     divisor = space.family.channel_divisor
     stages = _checked_inline_stages(space.family.inline_stages(), family["variants"], divisor)
     rule = space.base.dropout

@@ -51,7 +51,10 @@ def _save(figure: Any, path: Path) -> None:
     """Render `figure` in the format its suffix names, and write it atomically."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", dpi=120, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as error:  # a folder of that name, a read-only place, a full disk
+        raise UserError(f"cannot write {path}: {error.strerror or error}; nothing was written there") from None
 
 
 def check_image_path(out: str | os.PathLike[str]) -> Path:
@@ -59,6 +62,8 @@ def check_image_path(out: str | os.PathLike[str]) -> Path:
     path = Path(out)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise UserError(f"--out {str(out)!r}: the file must end in .png or .svg")
+    if path.is_dir():
+        raise UserError(f"--out {str(out)!r} is a folder; give a file name")
     return path
 
 

@@ -462,6 +462,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     path = Path(out) if out is not None else run.path / REPORT_MD
     if path.resolve().parent != run.path.resolve():
         raise UserError(f"--out {str(out)!r} must be a file inside {str(run_dir)!r}, so the report's links resolve")
+    if path.is_dir():
+        raise UserError(f"--out {str(path)!r} is a folder; give a file name")
+    if not (run.path / runs.TRIALS).is_file():
+        # Without it the report would say "trials: 0" for a search that trained networks.
+        raise UserError(f"{run.path / runs.TRIALS} not found: the report is built from the run's trials")
     draw_plots(run)
     runs.write_text(path, build_report(run))
     return path

@@ -385,9 +385,42 @@ def read_run(run_dir: str | Path) -> Run:
     best = read_json(path / BEST)
     if not isinstance(best, dict) or not all(key in best for key in ("alpha", "beta", "gamma")):
         raise UserError(f"{path / BEST}: not a scalesearch best.json")
+    # A hand-edited or damaged value would surface later as a traceback deep in a plot, the report or
+    # an export. These keys of best.json and family.json hold a number (or a list of numbers) wherever
+    # they appear; null is allowed (a single seed has no std). Unknown keys are left alone, so older
+    # and newer runs still read.
+    numeric = {"alpha", "beta", "gamma", "product", "measured_ratio", "constraint_ratio", "phi", "target",
+               "tolerance", "value", "std", "seeds", "trial", "trials_of_network", "confidence", "pooled_std",
+               "trials", "accuracies", "n", "mean", "share_depth", "share_width", "share_resolution", "flops",
+               "margin", "depth", "width", "resolution", "final_val_accuracy", "coverage", "depth_mult",
+               "width_mult", "dropout", "params", "flops_ratio", "target_ratio", "theoretical_ratio", "channels",
+               "repeats", "num_classes", "in_channels"}  # fmt: skip
+
+    def is_number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    def check(node: Any, where: str, file: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            place = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key)
+            if key in numeric and not (value is None or is_number(value)
+                                       or (isinstance(value, list) and all(map(is_number, value)))):  # fmt: skip
+                raise UserError(f"{path / file}: damaged: {place} should be a number, not {value!r}")
+            check(value, place, file)
+
+    check(best, "", BEST)
     search = read_json(path / SEARCH)
     settings = search.get("settings", {}) if isinstance(search, dict) else {}
     family = read_json(path / FAMILY_JSON)
+    if family is not None and not (
+        isinstance(family, dict)
+        and isinstance(family.get("variants"), list)
+        and family["variants"]
+        and all(isinstance(v, dict) and isinstance(v.get("stages", []), list) for v in family["variants"])
+    ):
+        raise UserError(f"{path / FAMILY_JSON}: damaged: not a scalesearch family.json (no list of variants)")
+    if family is not None:
+        check(family, "", FAMILY_JSON)
     return Run(
         path=path,
         best=best,

@@ -175,7 +175,11 @@ def check_fits(
         return
     phi = max(phis)
     base = space.scaled_spec(coefficients, 0.0, num_classes=num_classes, in_channels=in_channels)
-    depth, width, resolution = (value**phi for value in (coefficients.alpha, coefficients.beta, coefficients.gamma))
+    try:
+        depth, width, resolution = (value**phi for value in (coefficients.alpha, coefficients.beta, coefficients.gamma))
+    except OverflowError:  # 1.2 ** 100000: far beyond any memory
+        raise UserError(f"the variant at phi={phi:g} is too large to measure (its multipliers overflow); "
+                        "choose smaller --phis") from None  # fmt: skip
     need, have = memory_estimate(space.family, base, depth, width, resolution), available_memory()
     if have is not None and need > MEMORY_SHARE * have:
         raise UserError(

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from scalesearch.core.atomic import atomic_write_json
 from scalesearch.core.errors import UserError
-from scalesearch.core.machine import default_cache_dir
+from scalesearch.core.machine import available_memory, default_cache_dir
 from scalesearch.core.scaling import (
     Coefficients,
     Shares,
@@ -278,7 +278,22 @@ def _enumerate_networks(
     family = space.proxy_family
     measurer = measurer_for(family, in_channels)
     base = proxy_base(space, num_classes=num_classes, in_channels=in_channels)
-    goal, tolerance = space.target**phi, space.tolerance
+    # An absurd phi (train --phi 40) would step through 2^40 depth levels, and 1e308 overflows: refuse
+    # it first with the memory its largest networks need (weights grow with depth and width², the
+    # largest activation with width and resolution², all up to the budget), as `family` does.
+    try:
+        goal, tolerance = space.target**phi, space.tolerance
+        top = goal * (1.0 + tolerance)
+        need: float = memory_estimate(family, base, top, 1.0, math.sqrt(top))
+    except OverflowError:
+        need = math.inf
+    have = available_memory()
+    if have is not None and need > MEMORY_SHARE * have:
+        size = f"about {need / 1e9:,.1f} GB" if math.isfinite(need) else "more memory than a float can count"
+        raise UserError(
+            f"phi={phi:g} asks for proxies at {space.target:g}^{phi:g} times the base's cost, which need {size} to "
+            f"measure, more than {MEMORY_SHARE:.0%} of the {have / 1e9:.1f} GB available; choose a smaller phi"
+        )
     fast, exact = _ratio_functions(measurer, base, constraint)
     top = goal * (1.0 + tolerance)
     dropout = space.proxy.dropout.at(phi)

@@ -19,6 +19,7 @@ finished rows) and validation.png at the end; this module owns that file (`write
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
@@ -156,7 +157,14 @@ def run_settings(run: Run, **changes: Any) -> SearchSettings:
         settings = SearchSettings(**{k: v for k, v in recorded.items() if k in known})
     except TypeError as error:
         raise UserError(f"{run.path / SEARCH}: unreadable settings ({error})") from None
-    settings = replace(settings, space_path=run_space(run).path, verbose=False, **changes)
+    settings = replace(settings, space_path=run_space(run).path, verbose=False)
+    try:
+        settings.validate()
+    except UserError as error:
+        # The recorded settings are damaged, not a flag the user gave: name the file and its key.
+        message = re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), str(error))
+        raise UserError(f"{run.path / SEARCH}: damaged setting: {message}") from None
+    settings = replace(settings, **changes)
     settings.validate()
     return settings
 
@@ -317,7 +325,7 @@ def run_validation(run: Run, options: ValidationOptions) -> pd.DataFrame:
     """
     import time
 
-    from scalesearch.data.datasets import load_dataset
+    from scalesearch.data.datasets.datasets import load_dataset
 
     options.validate()
     settings = search_settings(run, options)

@@ -29,6 +29,7 @@ deeper network is not counted as a wider one. Layers called as functions (attent
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -183,10 +184,12 @@ class BuilderFamily(Family):
         """The builder's module for `spec`; UserError when it raises or returns something else."""
         arguments = {name: getattr(spec, name) for name in self.arguments}
         try:
-            model = self.builder(**arguments, **self.architecture)
+            # What the builder prints is its own chatter, not the command's output (JSON on stdout).
+            with contextlib.redirect_stdout(sys.stderr):
+                model = self.builder(**arguments, **self.architecture)
         except UserError:
             raise
-        except Exception as error:
+        except (Exception, SystemExit) as error:  # sys.exit() in a builder must not end the command silently
             shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in arguments.items())
             raise UserError(f"builder {self.target}({shown}) raised {first_line(error)}") from None
         if not isinstance(model, nn.Module):
@@ -211,9 +214,9 @@ class BuilderFamily(Family):
         handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
         image = torch.zeros(1, spec.in_channels, spec.resolution, spec.resolution)
         try:
-            with torch.inference_mode():
-                model(image)
-        except Exception as error:
+            with torch.inference_mode(), contextlib.redirect_stdout(sys.stderr):
+                output = model(image)
+        except (Exception, SystemExit) as error:
             raise UserError(
                 f"builder {self.target!r}: the model's forward pass on a {tuple(image.shape)} input raised "
                 f"{first_line(error)}"
@@ -221,6 +224,14 @@ class BuilderFamily(Family):
         finally:
             for handle in handles:
                 handle.remove()
+        # Training reads the output as logits, one per class: anything else would fail deep in the loss,
+        # or (more outputs than classes) train without a word.
+        if not isinstance(output, torch.Tensor) or tuple(output.shape) != (1, spec.num_classes):
+            shape = f"shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else type(output).__name__
+            raise UserError(
+                f"builder {self.target!r}: the model returns {shape} for a {tuple(image.shape)} input; it must "
+                f"return logits of shape (batch, num_classes) = (1, {spec.num_classes})"
+            )
         if len(calls) < 2:
             raise UserError(
                 f"builder {self.target!r}: its model runs {len(calls)} conv/linear layer(s); depth and width are "
