@@ -32,24 +32,28 @@ Datasets (all deterministic by `seed`; N = 1600, balanced classes):
   one colour of the class's 3-colour set (of a 10-colour palette), modulated by a period-2 texture
   (h-stripes, v-stripes, checkerboard, flat; random phase). At 12 px the texture averages away (the
   resolution-headroom cue) while the colour set survives (the intended capacity cue).
+* ``interior_period3``: the same with period-3 textures (values 0, 0.5, 1), which partly survive from
+  about 15-17 px, so a point with resolution share near 0.5 (17 px at phi 2) can see them.
 
-What the probes showed (results/known-answer/corners/README.md): none of the width or depth designs
-makes its corner win at the default recipe (4 epochs, batch 64: 80 SGD steps). The depth corner is the
-worst point on every set, the width corner is at or below the base, and on the 12 px sets the
-resolution corner (an upsampled copy) is at or above the base: resolution is not neutral on a 12 px set,
-because the proxy downsamples by 2 inside, so an upsampled input buys spatial positions (a 4x larger
-early bottleneck, 4 channels x 12 x 12 after the stride against 4 x 6 x 6) for the same FLOPs that width
-spends on 2x the channels. The interior set's answer is the resolution corner: it alone sees the
-period-2 texture, and the colour cue needs no extra capacity.
+What the probes showed (results/known-answer/corners/README.md): none of the width or depth designs makes
+its corner win at the default recipe (4 epochs, batch 64: 80 SGD steps). The depth corner is the worst
+point on every set; the width corner is within the seed spread of the base or below it; on the 12 px
+sets the resolution corner (an upsampled copy) scores highest. Resolution is not neutral on a 12 px set:
+the proxy downsamples by 2 inside, so an upsampled input buys spatial positions (4 channels x 12 x 12
+after the stride against 4 x 6 x 6) for the FLOPs that width spends on 2x the channels. Both interior
+attempts are won by the resolution corner: the colour cue needs no capacity beyond the base. Treat the
+width_*/depth_* sets as documented failures, not known answers.
 
     python benchmarks/corner_datasets.py --out DIR                                  # write the npz files
-    python benchmarks/corner_datasets.py --out DIR --which width_palette --probe --seeds 0,1
+    python benchmarks/corner_datasets.py --out DIR --which width_palette --probe --seeds 0,1,2
+    python benchmarks/corner_datasets.py --out DIR --which interior_period3 --probe --points resolution,width+resolution
     python benchmarks/corner_datasets.py --out DIR --summarize DIR/probes.csv       # table + shares
 
 `--probe` trains each point (base at phi 0; the depth, width and resolution corners and the balanced
-point (1/3, 1/3, 1/3) at phi 2, each the realizable network `scalesearch train` picks for those
-coefficients, i.e. what the search would train) with the space's default recipe and 4 epochs, one
-thread, one training at a time, appending to DIR/probes.csv.
+point (1/3, 1/3, 1/3) at phi 2; optionally the edge midpoints width+resolution and depth+resolution),
+each the realizable network `scalesearch train` picks for those coefficients, i.e. what the search would
+train, with the space's default recipe and 4 epochs, one thread, one training at a time, appending to
+DIR/probes.csv.
 """
 
 from __future__ import annotations
@@ -180,6 +184,7 @@ def interior_texture_palette(
     per_set: int = 3,
     noise: float = 0.06,
     seed: int = 0,
+    period: int = 2,
 ):
     """Label = (period-2 texture, colour set): the texture is only visible above 12 px, the colour set
     (one colour per 2x2 block, so it survives 12 px) is the capacity cue."""
@@ -197,12 +202,13 @@ def interior_texture_palette(
     colour = palette[np.array(subsets)[cset][np.arange(n)[:, None, None], pick]]
     colour = colour.repeat(2, axis=1).repeat(2, axis=2)  # N×S×S×3, constant on 2×2 blocks
     rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
-    phase = rng.integers(0, 2, size=(n, 1, 1))
+    phase = rng.integers(0, period, size=(n, 1, 1))
+    step = 1.0 / (period - 1)  # stripes of values 0, ..., 1 over one period, mean 0.5
     patterns = np.stack(
         [
-            (rows[None] + phase) % 2,
-            (cols[None] + phase) % 2,
-            (rows[None] + cols[None] + phase) % 2,
+            (rows[None] + phase) % period * step,
+            (cols[None] + phase) % period * step,
+            (rows[None] + cols[None] + phase) % period * step,
             np.full((n, size, size), 0.5),
         ]
     )
@@ -212,12 +218,19 @@ def interior_texture_palette(
     return _to_uint8(img), labels.astype(np.int64)
 
 
+def interior_period3(n: int = 1600, seed: int = 0):
+    """``interior_texture_palette`` with period-3 textures: visible from about 16 px (a resolution share
+    near 0.5 at phi 2 trains 17 px), so an interior point can see the texture and spend the rest."""
+    return interior_texture_palette(n=n, seed=seed, period=3)
+
+
 GENERATORS = {
     "width_palette": width_palette,
     "width_templates": width_templates,
     "depth_xor": depth_xor,
     "depth_samediff": depth_samediff,
     "interior_texture_palette": interior_texture_palette,
+    "interior_period3": interior_period3,
 }
 INTENDED = {
     "width_palette": "width",
@@ -225,6 +238,7 @@ INTENDED = {
     "depth_xor": "depth",
     "depth_samediff": "depth",
     "interior_texture_palette": "interior",
+    "interior_period3": "interior",
 }
 
 # The points probed: name -> (alpha, beta, gamma, phi). At phi 2 the coefficients ask for shares
@@ -235,7 +249,11 @@ POINTS = {
     "width": (1.0, 2**0.5, 1.0, 2.0),
     "resolution": (1.0, 1.0, 2**0.5, 2.0),
     "balanced": (2 ** (1 / 3), 2 ** (1 / 6), 2 ** (1 / 6), 2.0),
+    # Edge midpoints, not probed by default: (0, 1/2, 1/2) and (1/2, 0, 1/2).
+    "width+resolution": (1.0, 2**0.25, 2**0.25, 2.0),
+    "depth+resolution": (2**0.5, 1.0, 2**0.25, 2.0),
 }
+DEFAULT_POINTS = "base,depth,width,resolution,balanced"
 HEADER = ["dataset", "point", "seed", "d", "w", "r", "res", "acc_epochs", "final", "best", "seconds"]
 
 
@@ -304,7 +322,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for the npz files (and probes.csv)")
     parser.add_argument("--which", default=",".join(GENERATORS), help="comma-separated dataset names")
     parser.add_argument("--probe", action="store_true", help="train the probe points, append to OUT/probes.csv")
-    parser.add_argument("--points", default=",".join(POINTS))
+    parser.add_argument("--points", default=DEFAULT_POINTS)
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--summarize", metavar="RAW_CSV", help="only write OUT/probes.csv + OUT/summary.md from it")

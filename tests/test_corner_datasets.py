@@ -24,7 +24,7 @@ def corner_module():
 
 
 @pytest.mark.parametrize("name", ["width_palette", "width_templates", "depth_xor", "depth_samediff",
-                                  "interior_texture_palette"])  # fmt: skip
+                                  "interior_texture_palette", "interior_period3"])  # fmt: skip
 def test_generators_are_deterministic_balanced_and_sized_for_the_proxy(name):
     module = corner_module()
     generate = module.GENERATORS[name]
@@ -56,7 +56,7 @@ def test_committed_probe_table_has_every_point_with_two_seeds():
     rows = list(csv.DictReader((CORNERS / "probes.csv").open()))
     module = corner_module()
     for name in ("width_palette", "depth_xor", "interior_texture_palette"):
-        for point in module.POINTS:
+        for point in module.DEFAULT_POINTS.split(","):
             seeds = {row["seed"] for row in rows if row["dataset"] == name and row["point"] == point}
             assert len(seeds) >= 2, (name, point)
 
