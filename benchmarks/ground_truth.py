@@ -8,7 +8,8 @@
    is not below the best's beyond the seed spread (the confirm stage's own test, `search.confirm.decide`,
    with the seed spread pooled over all networks).
 3. searches: the default search (`scalesearch search`, the space's defaults) with seeds 0..4, each in
-   `OUT/search-seedK` (resumable: `--resume`).
+   `OUT/search-seedK` (resumable: `--resume`); `--runs` names finished runs of that same search made
+   elsewhere (the curated results/default and results/default-seed1), which count for their seed.
 4. report: per search its choice, whether it lies in the true tie region, and what it cost as a fraction
    of the exhaustive grid (epochs trained, search and confirm stages together); `OUT/hit_rate.csv`,
    `OUT/truth_networks.csv` (mean ± std per network) and `OUT/ground_truth.png` (the true response
@@ -109,10 +110,18 @@ def train_truth(out: Path, seeds: list[int], concurrency: int) -> None:
     progress.close()
 
 
-def run_searches(out: Path, seeds: list[int]) -> None:
+def search_folders(out: Path, seeds: list[int], runs: list[Path]) -> dict[int, Path]:
+    """Where each seed's default search lives: a given finished run of that seed, else OUT/search-seedK."""
+    given = {}
+    for run in runs:
+        settings = json.loads((run / "search.json").read_text())["settings"]
+        given[int(settings["seed"])] = run
+    return {seed: given.get(seed, out / f"search-seed{seed}") for seed in seeds}
+
+
+def run_searches(folders: dict[int, Path]) -> None:
     """The default search once per seed (resumed where a folder holds an unfinished one)."""
-    for seed in seeds:
-        folder = out / f"search-seed{seed}"
+    for seed, folder in folders.items():
         if (folder / "best.json").is_file():
             continue
         command = [sys.executable, "-m", "scalesearch", "search", "--seed", str(seed), "--out", str(folder),
@@ -135,7 +144,7 @@ def truth_decision(rows: list[dict[str, Any]]) -> Any:
     return decide(as_trials)
 
 
-def report(out: Path, seeds: list[int], truth_seeds: int) -> None:
+def report(out: Path, folders: dict[int, Path], truth_seeds: int) -> None:
     rows = read_truth(out / "truth.csv")
     decision = truth_decision(rows)
     if decision is None:
@@ -153,8 +162,7 @@ def report(out: Path, seeds: list[int], truth_seeds: int) -> None:
     grid_epochs = sum(len(str(r["val_accuracies"]).split(";")) for r in rows if r["status"] == "completed")
     grid_seconds = sum(float(r["seconds"]) for r in rows if r["status"] == "completed")
     hits = []
-    for seed in seeds:
-        folder = out / f"search-seed{seed}"
+    for seed, folder in folders.items():
         if not (folder / "best.json").is_file():
             continue
         best = json.loads((folder / "best.json").read_text())
@@ -163,7 +171,7 @@ def report(out: Path, seeds: list[int], truth_seeds: int) -> None:
         trained_epochs = sum(int(t.get("epochs_run") or 0) for t in trained)
         shares = best["shares"]
         hits.append({
-            "seed": seed, "chosen": best["network"], "mean": round(best["value"], 4),
+            "seed": seed, "run": str(folder), "chosen": best["network"], "mean": round(best["value"], 4),
             "shares": f"{shares['depth']:.2f}/{shares['width']:.2f}/{shares['resolution']:.2f}",
             "in_true_tie_region": best["network"] in tied,
             "true_mean_of_choice": true_means.get(best["network"], ""), "trainings": len(trained),
@@ -243,6 +251,7 @@ def main() -> None:
     parser.add_argument("--truth-seeds", default="0,1,2")
     parser.add_argument("--search-seeds", default="0,1,2,3,4")
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--runs", nargs="*", default=[], help="finished runs of the default search to count")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,10 +259,11 @@ def main() -> None:
     search_seeds = [int(s) for s in args.search_seeds.split(",")]
     if args.stage in ("truth", "all"):
         train_truth(out, truth_seeds, args.concurrency)
+    folders = search_folders(out, search_seeds, [Path(run) for run in args.runs])
     if args.stage in ("searches", "all"):
-        run_searches(out, search_seeds)
+        run_searches(folders)
     if args.stage in ("report", "all"):
-        report(out, search_seeds, len(truth_seeds))
+        report(out, folders, len(truth_seeds))
 
 
 if __name__ == "__main__":

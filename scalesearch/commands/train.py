@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from scalesearch.config.settings import parse_base_resolution
     from scalesearch.config.spaces import DEFAULT_SPACE, load_space
     from scalesearch.core.scaling import Coefficients
-    from scalesearch.data.datasets.datasets import load_dataset
+    from scalesearch.data.datasets import load_dataset
     from scalesearch.validation.one_proxy import job_from_coefficients, job_from_run, summarize_training, train_network
 
     _check_flags(args)

@@ -188,6 +188,7 @@ def _library_variant(library: str, v: dict[str, Any]) -> dict[str, Any]:
             "input_size": [3, v["resolution"], v["resolution"]],
             "params": v["params"],
             "flops": v["flops"],
+            **_marks(v),
         }
     return {
         "name": v["name"],
@@ -198,7 +199,13 @@ def _library_variant(library: str, v: dict[str, Any]) -> dict[str, Any]:
         "resolution": v["resolution"],
         "params": v["params"],
         "flops": v["flops"],
+        **_marks(v),
     }
+
+
+def _marks(v: dict[str, Any]) -> dict[str, Any]:
+    """What backs a variant (family_table.with_evidence): upsampling, and the check at its φ."""
+    return {key: v[key] for key in ("upsampling", "check") if v.get(key) is not None}
 
 
 def _library_arguments(data: dict[str, Any], library: str) -> str:
@@ -266,6 +273,11 @@ CHANNEL_DIVISOR = $divisor  # channels are multiples of this, never more than 10
 BASE_STAGES = $stages
 # The variants the run measured (params and FLOPs at $num_classes classes, $in_channels input channels).
 VARIANTS = $variants
+# The data's native side in px (None: unknown): a variant above it is upsampling, pixels the data lacks.
+DATA_NATIVE_PX = $native
+# What `scalesearch validate` said of the rule against the best single dimension at each phi it checked
+# (at proxy scale); a phi not listed is unchecked.
+CHECKS = $checks
 
 
 def make_divisible(value, divisor=CHANNEL_DIVISOR):
@@ -295,8 +307,8 @@ def scaled_config(phi):
     # A measured variant (the reference table, or the compound rule calibrated onto its FLOPs budget).
     for variant in VARIANTS:
         if variant["phi"] == phi:
-            return {key: variant[key] for key in ("name", "phi", "depth_mult", "width_mult", "resolution",
-                                                  "dropout", "stages")}
+            return {key: variant.get(key) for key in ("name", "phi", "depth_mult", "width_mult", "resolution",
+                                                      "dropout", "stages", "upsampling", "check")}
     if not RULE.startswith("compound"):
         raise ValueError(f"the reference table has no variant at phi {phi:g}")
     # Any other phi: the pure compound formula (not calibrated onto its budget; see RULE_DESCRIPTION).
@@ -311,6 +323,9 @@ def scaled_config(phi):
         "dropout": dropout_at(phi),
         "stages": None,
     }
+    resolution = config["resolution"]
+    config["upsampling"] = None if DATA_NATIVE_PX is None else resolution > DATA_NATIVE_PX
+    config["check"] = "base" if phi == 0 else CHECKS.get(phi, "unchecked")
     if BASE_STAGES is not None:
         config["stages"] = [
             {
@@ -342,6 +357,7 @@ def _python_module(data: dict[str, Any]) -> str:
     stages = None if base["stages"] is None else [(s["name"], s["channels"], s["repeats"]) for s in base["stages"]]
     prefix = data["variants"][0]["name"].rstrip("0123456789.") if data["variants"] else "B"
     source = data["source"]
+    evidence = data.get("evidence") or {}
 
     def literal(value: Any) -> str:
         # pprint writes Python literals; repr of a float round-trips exactly, so the module's
@@ -373,4 +389,8 @@ def _python_module(data: dict[str, Any]) -> str:
         in_channels=data["in_channels"],
         variants=literal(data["variants"]),
         prefix=literal(prefix),
+        native=literal(evidence.get("data_native_px")),
+        checks=literal(
+            {float(v["phi"]): v["check"] for v in data["variants"] if v.get("check") not in (None, "base", "unchecked")}
+        ),  # fmt: skip
     )

@@ -325,7 +325,7 @@ def run_validation(run: Run, options: ValidationOptions) -> pd.DataFrame:
     """
     import time
 
-    from scalesearch.data.datasets.datasets import load_dataset
+    from scalesearch.data.datasets import load_dataset
 
     options.validate()
     settings = search_settings(run, options)
