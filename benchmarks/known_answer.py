@@ -1,9 +1,11 @@
 """Known-answer experiment: a dataset whose right scaling direction is known by construction.
 
 The classes differ only in a period-2 texture (horizontal stripes, vertical stripes, checkerboard,
-flat) under random brightness, contrast and noise. Images are 24 px; the proxy base sees them at
-12 px, where every period-2 texture averages to the same grey: no amount of depth or width can
-recover information the input no longer holds. Only resolution can. So the right answer is the
+flat) under random brightness, contrast and noise. Images are 24 px and the target base is deployed
+at 12 px (`--base-resolution 12`): the texture lies above what B0 sees, so the proxies see the images
+with the same headroom (n_p = 24 px, the stored size) and the proxy base at 12 px, where every
+period-2 texture averages to the same grey: no amount of depth or width can recover information the
+input no longer holds. Only resolution can. So the right answer is the
 resolution corner of the shares simplex, and a search that reports what it trained must find a
 network whose realized resolution share is high, across seeds.
 
@@ -53,10 +55,21 @@ def texture_dataset(path: Path, *, n: int = 1600, size: int = 24, noise: float =
     return path
 
 
-def run_search(dataset: Path, out: Path, seed: int, trials: int, epochs: int) -> dict:
+def stored_larger(source: Path, path: Path, factor: int = 2) -> Path:
+    """The same images stored at `factor` times the size (each pixel a factor x factor block), as npz."""
+    with np.load(source) as arrays:
+        x, y = arrays["x"], arrays["y"]
+    np.savez(path, x=x.repeat(factor, axis=1).repeat(factor, axis=2), y=y)
+    return path
+
+
+def run_search(dataset: Path, out: Path, seed: int, trials: int, epochs: int, *, base_resolution: int = 12) -> dict:
     """`scalesearch search` on the dataset with the shipped default space; returns best.json."""
+    # B0 deployed at 12 px on the 24-px images: the texture lies above the target base's resolution, and
+    # the proxies see the images at n_p = 12 x 24 / 12 = 24 px (the stored size).
     command = [sys.executable, "-m", "scalesearch", "search", "--dataset", f"npz:{dataset}", "--seed", str(seed),
-               "--trials", str(trials), "--epochs", str(epochs), "--out", str(out), "--family-phis", "0-1"]  # fmt: skip
+               "--trials", str(trials), "--epochs", str(epochs), "--out", str(out), "--family-phis", "0-1",
+               "--base-resolution", str(base_resolution)]  # fmt: skip
     if not (out / "best.json").is_file():
         subprocess.run(command + (["--resume"] if (out / "search.json").is_file() else []), check=True)
     return json.loads((out / "best.json").read_text())

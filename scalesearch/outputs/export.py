@@ -358,6 +358,8 @@ def _python_module(data: dict[str, Any]) -> str:
     prefix = data["variants"][0]["name"].rstrip("0123456789.") if data["variants"] else "B"
     source = data["source"]
     evidence = data.get("evidence") or {}
+    checked = [v for v in data["variants"] if v.get("check") not in (None, "base", "unchecked")]
+    checks = {float(v["phi"]): v["check"] for v in checked}
 
     def literal(value: Any) -> str:
         # pprint writes Python literals; repr of a float round-trips exactly, so the module's
@@ -390,7 +392,5 @@ def _python_module(data: dict[str, Any]) -> str:
         variants=literal(data["variants"]),
         prefix=literal(prefix),
         native=literal(evidence.get("data_native_px")),
-        checks=literal(
-            {float(v["phi"]): v["check"] for v in data["variants"] if v.get("check") not in (None, "base", "unchecked")}
-        ),  # fmt: skip
+        checks=literal(checks),
     )

@@ -37,3 +37,22 @@ def test_search_finds_the_resolution_corner(tmp_path):
     rows = read_trials(tmp_path / "run" / "trials.csv").values()
     low = [r["final_val_accuracy"] for r in rows if r["final_val_accuracy"] and r["realized_share_resolution"] < 0.2]
     assert low and max(low) < best["value"] - 0.2
+
+
+@pytest.mark.slow
+def test_the_answer_does_not_depend_on_the_size_the_images_are_stored_at(tmp_path):
+    """The same content stored at 24 and at 48 px, B0 deployed at the same fraction of each (12 and 24
+    px): the proxies see both at n_p = 24 px, and the two searches choose networks inside each other's
+    tie region (both the resolution corner here)."""
+    module = known_answer_module()
+    small = module.texture_dataset(tmp_path / "texture24.npz", n=800)
+    large = module.stored_larger(small, tmp_path / "texture48.npz")
+    at_24 = module.run_search(small, tmp_path / "run24", seed=3, trials=8, epochs=3, base_resolution=12)
+    at_48 = module.run_search(large, tmp_path / "run48", seed=3, trials=8, epochs=3, base_resolution=24)
+    for best, other in ((at_24, at_48), (at_48, at_24)):
+        assert best["data_view"]["size"] == 24 and best["data_view"]["headroom"] == 2.0
+        # The choice's shares lie inside the other search's tie region (its extent on the simplex, to
+        # within the realizable set's spacing).
+        region, spacing = other["confirm"]["tie_region"], other["search"]["coverage"]
+        for dimension, (low, high) in region.items():
+            assert low - spacing <= best["shares"][dimension] <= high + spacing, (dimension, best["shares"], region)
