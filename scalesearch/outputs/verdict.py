@@ -78,8 +78,10 @@ def verdict(summary: pd.DataFrame) -> pd.DataFrame:
     The spread is √(s_c² + s_b²), with s the standard deviation over seeds of compound and of that
     baseline: how much one seed of each differs by chance. The difference "exceeds" the spread only
     when |difference| > spread; with one seed there is no spread and no call is made. The call also
-    names a best baseline that trained compound's own network, and every baseline trained farther
-    than FAR_FROM_PURE from its pure dimension: those compare less than their names say.
+    names a baseline that trained compound's own network (the rule is then that single dimension, and
+    compound is compared with the best baseline that trained another network; "same network" when
+    there is none), and every baseline trained farther than FAR_FROM_PURE from its pure dimension:
+    those compare less than their names say.
     """
     import pandas as pd
 
@@ -95,12 +97,26 @@ def verdict(summary: pd.DataFrame) -> pd.DataFrame:
             row["call"] = "nothing to compare" + (f" (infeasible: {', '.join(infeasible)})" if infeasible else "")
             rows.append(row)
             continue
-        best = baselines.sort_values("mean", ascending=False, kind="stable").iloc[0]
+        ranked = baselines.sort_values("mean", ascending=False, kind="stable")
+        own = str(compound["network"].iloc[0])
+        same = (
+            ranked[(ranked["network"] == own) & (ranked["network"] != "")] if "network" in ranked else ranked.iloc[:0]
+        )
+        others = ranked.drop(same.index)
+        # A baseline that trained compound's own network is the rule itself (the rule is that single
+        # dimension): compound is then compared with the best baseline that trained another network.
+        best = ranked.iloc[0] if same.empty or others.empty else others.iloc[0]
         c_mean, c_std = float(compound["mean"].iloc[0]), float(compound["std"].iloc[0])
         spread = math.sqrt(c_std**2 + float(best["std"]) ** 2)
         difference = c_mean - float(best["mean"])
         exceeds = bool(math.isfinite(spread) and abs(difference) > spread)
-        same_network = bool(best.get("network")) and best.get("network") == compound["network"].iloc[0]
+        same_network = not same.empty and others.empty
+        itself = (
+            f"{same.iloc[0]['strategy']} trained compound's own network (the rule is {same.iloc[0]['strategy']} "
+            "scaling itself); against the best other dimension: "
+            if not same.empty and not others.empty
+            else ""
+        )
         if phi == 0:
             outcome, call = "base", "phi 0 is the base model for every strategy"
         elif same_network:
@@ -112,9 +128,9 @@ def verdict(summary: pd.DataFrame) -> pd.DataFrame:
             outcome, call = "no call", "one seed: no spread, no call"
         elif exceeds:
             outcome = "better" if difference > 0 else "worse"
-            call = "compound better" if difference > 0 else f"{best['strategy']} better"
+            call = itself + ("compound better" if difference > 0 else f"{best['strategy']} better")
         else:
-            outcome, call = "tied", "within seed noise"
+            outcome, call = "tied", itself + "within seed noise"
         if phi != 0:
             far = [
                 f"{b['strategy']} {float(b['share_error']):.2f}"

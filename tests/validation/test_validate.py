@@ -229,11 +229,18 @@ def test_verdict_names_a_baseline_that_is_not_what_its_name_says():
     same = {("compound", 1.0): "n1", ("depth", 1.0): "n1"}
     far = {("depth", 1.0): 0.2, ("width", 1.0): FAR_FROM_PURE + 0.05}
     call = verdict(summarize(_rows(accuracies, same, far))).iloc[0]
-    assert call["best_baseline"] == "depth" and call["difference"] == 0.0
+    # depth trained compound's own network: the rule is depth scaling itself, so compound is compared
+    # with the best baseline that trained another network (width), and the call says both.
+    assert call["best_baseline"] == "width" and call["difference"] == pytest.approx(0.105)
+    assert call["outcome"] == "better"
     assert call["call"] == (
-        "depth trained compound's own network (no purer depth network on the budget); "
-        f"far from a pure dimension (share error): width {FAR_FROM_PURE + 0.05:.2f}"
+        "depth trained compound's own network (the rule is depth scaling itself); against the best other "
+        f"dimension: compound better; far from a pure dimension (share error): width {FAR_FROM_PURE + 0.05:.2f}"
     )
+    # When every baseline trained compound's own network, nothing else is there to compare with.
+    alone = verdict(summarize(_rows({("compound", 1.0): [0.9, 0.92], ("depth", 1.0): [0.9, 0.92]},
+                                    {("compound", 1.0): "n1", ("depth", 1.0): "n1"}))).iloc[0]  # fmt: skip
+    assert alone["outcome"] == "same network" and alone["best_baseline"] == "depth"
 
 
 def test_summary_reads_a_validation_of_an_older_version():
