@@ -135,7 +135,7 @@ def run_searches(folders: dict[int, Path]) -> None:
 def truth_decision(rows: list[dict[str, Any]]) -> Any:
     """The true best network and its tie region: the confirm stage's test over every network."""
     as_trials = {
-        i: {"network": r["network"], "seed": int(r["seed"]), "status": r["status"],
+        i: {"trial": i, "network": r["network"], "seed": int(r["seed"]), "status": r["status"],
             "final_val_accuracy": float(r["final_val_accuracy"]), "flops": int(r["flops"]),
             "realized_share_depth": float(r["share_depth"]), "realized_share_width": float(r["share_width"]),
             "realized_share_resolution": float(r["share_resolution"])}
@@ -221,7 +221,9 @@ def plot(out: Path, decision: Any, hits: list[dict[str, Any]]) -> None:
         axis.annotate(label, (x, y), textcoords="offset points", xytext=(0, -14 if y == 0 else 6), ha="center")
     drawn = axis.scatter([p[0] for p in xy], [p[1] for p in xy], c=[s.mean for s in scores], cmap="viridis",
                          s=40, edgecolors="none", zorder=3)  # fmt: skip
-    figure.colorbar(drawn, ax=axis, label=f"mean final val accuracy ({scores[0].n} seeds)")
+    seeds = sorted({s.n for s in scores})
+    counted = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+    figure.colorbar(drawn, ax=axis, label=f"mean final val accuracy ({counted} seeds per network)")
     tied = [xy[i] for i, s in enumerate(scores) if s.network in decision.tied]
     axis.scatter([p[0] for p in tied], [p[1] for p in tied], s=130, facecolors="none", edgecolors="crimson",
                  linewidths=1.5, zorder=4, label="true tie region")  # fmt: skip
@@ -236,8 +238,8 @@ def plot(out: Path, decision: Any, hits: list[dict[str, Any]]) -> None:
     axis.set_aspect("equal")
     axis.axis("off")
     axis.legend(loc="upper right", fontsize=8)
-    axis.set_title(f"Ground truth: every realizable network, {len(scores)} networks; "
-                   f"{sum(1 for h in hits if h['in_true_tie_region'])}/{len(hits)} searches in the tie region",
+    axis.set_title(f"Ground truth: all {len(scores)} realizable networks at phi 2;\n"
+                   f"{sum(1 for h in hits if h['in_true_tie_region'])} of {len(hits)} searches chose in the tie region",
                    fontsize=9)  # fmt: skip
     figure.tight_layout()
     figure.savefig(out / "ground_truth.png", dpi=120)
