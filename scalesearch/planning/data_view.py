@@ -65,7 +65,7 @@ class DataView:
             f"data: {self.native} px; the target base runs at {self.base_resolution} px ({self.source}), headroom "
             f"{self.headroom:.2f}; so the proxy base at {self.proxy_resolution} px sees the images resized to "
             f"{self.size} px first (n_p = {self.proxy_resolution} x {self.native} / {self.base_resolution}"
-            f"{', capped at native' if self.size == self.native and self.headroom and self.headroom < 1 else ''}),"
+            f"{', capped at native' if self.base_resolution < self.proxy_resolution else ''}),"
             f" and a proxy above {self.size} px is upsampling, as its full-scale variant above {self.native} px is"
         )
 

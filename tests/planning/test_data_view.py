@@ -31,7 +31,8 @@ def test_the_proxy_gets_the_target_bases_headroom(space) -> None:
 
 def test_no_pixels_are_invented_and_off_keeps_the_stored_images(space) -> None:
     # B0 deployed below the proxy's own resolution: n_p would exceed native; capped at native.
-    assert data_view(space, 24, 6).size == 24
+    assert data_view(space, 24, 6).size == 24 and "capped at native" in data_view(space, 24, 6).describe()
+    assert "capped" not in data_view(space, 48, 24).describe()
     off = data_view(space, 24, "off")
     assert off.base_resolution is None and off.size == 24 and off.resize is None and off.note() is None
     assert "mapping is off" in off.describe()
