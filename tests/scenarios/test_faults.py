@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 
+# Each case runs the CLI in a fresh interpreter (about 2 s of start-up each, 74 s for the module):
+# the slow suite's, which CI runs, as CONTRIBUTING's rule for subprocess scenarios says.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RUN = ROOT / "results" / "default"
 TINY_RUN = ROOT / "tests" / "fixtures" / "run_tiny"
