@@ -53,7 +53,8 @@ def default_settings(out: Path, concurrency: int) -> SearchSettings:
     """The settings `scalesearch search` runs with no flags (the default space's search: section)."""
     space = load_space(DEFAULT_SPACE)
     known = {f.name for f in fields(SearchSettings)}
-    values = {k: v for k, v in space.search.items() if k in known}
+    # base_resolution stays the space's to apply (with its own dataset), as `scalesearch search` leaves it.
+    values = {k: v for k, v in space.search.items() if k in known and k != "base_resolution"}
     values.update(concurrency=concurrency, quiet=True, out=str(out))
     return SearchSettings(space_path=space.path, recipe=dict(space.recipe), **values)
 

@@ -1,9 +1,9 @@
 """What validation.csv says: per (strategy, φ) the seeds' accuracy and cost (`summarize`), and per φ
 whether compound scaling beats the best single-dimension baseline beyond the seed spread (`verdict`).
 
-Analysis only, returning DataFrames and table rows: `validate` plans, trains and writes
-validation.csv (and reads it back, `load_validation`); `report`, `scalesearch validate` and
-validation.png read these tables.
+Analysis only, returning DataFrames and table rows: `validation.validate` plans and trains,
+`outputs.runs` writes and reads validation.csv; `report`, `scalesearch validate`, validation.png and
+the family's marks (`checks_by_phi`) read these tables.
 """
 
 from __future__ import annotations

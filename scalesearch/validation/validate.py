@@ -13,8 +13,9 @@ chosen one) train once per seed. Everything trains with the run's dataset and re
 runner (`runner.run_jobs` on Ray), several seeds each.
 
 `run_validation` writes validation.csv as jobs finish (atomically: an interrupted validation leaves the
-finished rows) and validation.png at the end; this module owns that file (`write_validation`,
-`load_validation`). What the rows say (summary per strategy and φ, the verdict) is `scalesearch.outputs.verdict`'s.
+finished rows) and validation.png at the end, then marks family.json with the outcome at each φ
+(`mark_family`). The file's schema and its reading and writing are `outputs.runs`'s; what the rows
+say (summary per strategy and φ, the verdict) is `outputs.verdict`'s.
 """
 
 from __future__ import annotations
