@@ -224,7 +224,28 @@ def interior_period3(n: int = 1600, seed: int = 0):
     return interior_texture_palette(n=n, seed=seed, period=3)
 
 
+def width_spectral(
+    n: int = 4800,
+    size: int = 12,
+    bands: int = 16,
+    classes: int = 16,
+    snr: float = 3.5,
+    pixel: float = 0.3,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class = one of `classes` orthonormal spectral signatures in `bands` channels, under a per-image
+    nuisance spectrum; the width-critical known answer (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.normal(size=(bands, bands)))
+    signatures = basis[:classes]
+    labels = rng.permutation(np.arange(n) % classes)
+    spectra = snr * signatures[labels] + rng.normal(size=(n, bands))  # one spectrum per image
+    img = spectra[:, None, None, :] + pixel * rng.normal(size=(n, size, size, bands))
+    return np.clip(128 + 28 * img, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
 GENERATORS = {
+    "width_spectral": width_spectral,
     "width_palette": width_palette,
     "width_templates": width_templates,
     "depth_xor": depth_xor,
@@ -233,6 +254,7 @@ GENERATORS = {
     "interior_period3": interior_period3,
 }
 INTENDED = {
+    "width_spectral": "width",
     "width_palette": "width",
     "width_templates": "width",
     "depth_xor": "depth",
@@ -254,15 +276,21 @@ POINTS = {
     "depth+resolution": (2**0.5, 1.0, 2**0.25, 2.0),
 }
 DEFAULT_POINTS = "base,depth,width,resolution,balanced"
-HEADER = ["dataset", "point", "seed", "d", "w", "r", "res", "acc_epochs", "final", "best", "seconds"]
+HEADER = ["dataset", "init", "point", "seed", "d", "w", "r", "res", "acc_epochs", "final", "best", "seconds"]
 
 
-def train(dataset: Path, point: str, seed: int, epochs: int) -> dict:
+# Every set is stored at the size the proxy base should see at headroom 1 (12 px) or 2 (24 px, interior):
+# B0 deployed at 12 px, so the proxies see the stored images (n_p = 12 x native / 12 = native).
+BASE_RESOLUTION = 12
+
+
+def train(dataset: Path, point: str, seed: int, epochs: int, init: str) -> dict:
     """`scalesearch train` of one point in a subprocess (1 thread); its JSON plus the wall time."""
     alpha, beta, gamma, phi = POINTS[point]
     cmd = [sys.executable, "-m", "scalesearch", "train", "--dataset", f"npz:{dataset}", "--alpha", str(alpha),
            "--beta", str(beta), "--gamma", str(gamma), "--phi", str(phi), "--epochs", str(epochs),
-           "--seed", str(seed), "--threads", "1", "--format", "json"]  # fmt: skip
+           "--seed", str(seed), "--threads", "1", "--format", "json", "--base-resolution", str(BASE_RESOLUTION),
+           "--recipe", f"init={init}"]  # fmt: skip
     start = time.perf_counter()
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     result = json.loads(done.stdout)
@@ -281,38 +309,40 @@ def summarize(raw: Path, out: Path) -> None:
     """probes.csv with realized shares added, and summary.md: mean ± std of final accuracy per point."""
     with raw.open() as handle:
         rows = list(csv.DictReader(handle))
-    fields = ["dataset", "point", "seed", "share_depth", "share_width", "share_resolution", "d", "w", "r",
+    fields = ["dataset", "init", "point", "seed", "share_depth", "share_width", "share_resolution", "d", "w", "r",
               "resolution_px", "val_accuracy_per_epoch", "final_val_accuracy", "best_val_accuracy",
               "seconds"]  # fmt: skip
     table = []
     for row in rows:
         sd, sw, sr = shares(float(row["d"]), float(row["w"]), float(row["r"]))
-        table.append({"dataset": row["dataset"], "point": row["point"], "seed": int(row["seed"]),
+        # Rows from before the recipe's init existed were trained with the official init.
+        table.append({"dataset": row["dataset"], "init": row.get("init") or "official", "point": row["point"],
+                      "seed": int(row["seed"]),
                       "share_depth": round(sd, 3), "share_width": round(sw, 3), "share_resolution": round(sr, 3),
                       "d": row["d"], "w": row["w"], "r": row["r"], "resolution_px": row["res"],
                       "val_accuracy_per_epoch": row["acc_epochs"], "final_val_accuracy": row["final"],
                       "best_val_accuracy": row["best"], "seconds": row["seconds"]})  # fmt: skip
-    table.sort(key=lambda t: (list(GENERATORS).index(t["dataset"]), list(POINTS).index(t["point"]), t["seed"]))
+    table.sort(key=lambda t: (list(GENERATORS).index(t["dataset"]), t["init"], list(POINTS).index(t["point"]),
+                              t["seed"]))  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     with (out / "probes.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(table)
-    lines = ["| dataset | point | shares d/w/r | px | seeds | final val acc (mean ± std) | epoch 2 (mean) | s/run |",
-             "|---|---|---|---:|---:|---|---:|---:|"]  # fmt: skip
-    for name in GENERATORS:
-        for point in POINTS:
-            group = [t for t in table if t["dataset"] == name and t["point"] == point]
-            if not group:
-                continue
-            acc = np.array([float(t["final_val_accuracy"]) for t in group])
-            ep2 = np.mean([float(t["val_accuracy_per_epoch"].split("/")[1]) for t in group])
-            std = f"{acc.std(ddof=1):.3f}" if len(acc) > 1 else "n/a"
-            g = group[0]
-            seconds = np.mean([float(t["seconds"]) for t in group])
-            where = f"{g['share_depth']:.2f}/{g['share_width']:.2f}/{g['share_resolution']:.2f}"
-            lines.append(f"| {name} | {point} | {where} | {g['resolution_px']} | {len(acc)}"
-                         f" | {acc.mean():.3f} ± {std} | {ep2:.3f} | {seconds:.0f} |")  # fmt: skip
+    lines = ["| dataset | init | point | shares d/w/r | px | seeds | final val acc (mean ± std) | epoch 2 | s/run |",
+             "|---|---|---|---|---:|---:|---|---:|---:|"]  # fmt: skip
+    for name, init, point in ((n, i, p) for n in GENERATORS for i in ("official", "fan_in", "zero") for p in POINTS):
+        group = [t for t in table if t["dataset"] == name and t["init"] == init and t["point"] == point]
+        if not group:
+            continue
+        acc = np.array([float(t["final_val_accuracy"]) for t in group])
+        ep2 = np.mean([float(t["val_accuracy_per_epoch"].split("/")[1]) for t in group])
+        std = f"{acc.std(ddof=1):.3f}" if len(acc) > 1 else "n/a"
+        g = group[0]
+        seconds = np.mean([float(t["seconds"]) for t in group])
+        where = f"{g['share_depth']:.2f}/{g['share_width']:.2f}/{g['share_resolution']:.2f}"
+        lines.append(f"| {name} | {init} | {point} | {where} | {g['resolution_px']} | {len(acc)}"
+                     f" | {acc.mean():.3f} ± {std} | {ep2:.3f} | {seconds:.0f} |")  # fmt: skip
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -325,6 +355,7 @@ def main() -> None:
     parser.add_argument("--points", default=DEFAULT_POINTS)
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--init", default="fan_in", help="the recipe's init: official, fan_in (default) or zero")
     parser.add_argument("--summarize", metavar="RAW_CSV", help="only write OUT/probes.csv + OUT/summary.md from it")
     args = parser.parse_args()
     out = Path(args.out)
@@ -348,9 +379,10 @@ def main() -> None:
         for name in names:
             for seed in (int(s) for s in args.seeds.split(",")):
                 for point in args.points.split(","):
-                    r = train(out / f"{name}.npz", point, seed, args.epochs)
+                    r = train(out / f"{name}.npz", point, seed, args.epochs, args.init)
                     accs = [round(e["val_accuracy"], 3) for e in r["epochs"]]
-                    row = [name, point, seed, *(round(r["realized"][k], 3) for k in ("depth", "width", "resolution")),
+                    realized = (round(r["realized"][k], 3) for k in ("depth", "width", "resolution"))
+                    row = [name, args.init, point, seed, *realized,
                            r["model"]["resolution"], "/".join(map(str, accs)), round(r["final_val_accuracy"], 4),
                            round(r["best_val_accuracy"], 4), round(r["wall"], 1)]  # fmt: skip
                     writer.writerow(row)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scalesearch.config.recipe import recipe_with_overrides
 from scalesearch.core.errors import UserError
 
 # Flags that override the space's `search:` section; None means "not given on the command line".
@@ -61,6 +62,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="the resolution you deploy the target base (B0) at; the proxies see the data with the same "
         "headroom: resized to proxy_resolution x native / PX first (default: the space's search: "
         "base_resolution, else its base resolution; off: the stored images as they are)",
+    )
+    parser.add_argument(
+        "--recipe",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one field of the space's proxy recipe, e.g. --recipe init=zero (repeatable)",
     )
     parser.add_argument(
         "--constraint",
@@ -141,7 +149,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         out = f"results/runs/{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     return SearchSettings(
         space_path=space.path,
-        recipe=dict(space.recipe),
+        recipe=recipe_with_overrides(space.recipe, args.recipe),
         address=args.address,
         out=out,
         family_phis=args.family_phis,

@@ -59,6 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "(default: the space's search: base_resolution, else its base resolution; off: the stored images as they are)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's (or the run's) epochs")
+    parser.add_argument("--recipe", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --alpha/--beta/--gamma: change one field of the space's proxy recipe, e.g. "
+                        "--recipe init=zero (repeatable)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=None, help="seed of weights, batch order, augmentation "
                         "(default: 0; with --from the trial's)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice; "
@@ -99,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             threads=args.threads,
             base_resolution=parse_base_resolution(args.base_resolution),
+            recipe_overrides=args.recipe,
         )
     if dataset.skipped:
         print(f"skipped {len(dataset.skipped)} unreadable image file(s)", file=sys.stderr)
@@ -129,6 +133,8 @@ def _check_flags(args: argparse.Namespace) -> None:
         if given:
             flags = ", ".join("--" + name for name in given)
             raise UserError(f"--from trains the run's own network on the run's data; drop {flags}")
+        if args.recipe:
+            raise UserError("--from trains with the run's own recipe; drop --recipe")
     else:
         if args.trial is not None:
             raise UserError("--trial needs --from RUN_DIR")

@@ -12,10 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from scalesearch.core.errors import UserError
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle")
+INITS = ("official", "fan_in", "zero")
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,20 @@ class Recipe:
     val_fraction: float = 0.2
     # Seed of the train/validation split, separate from the trial seed so all trials see one split.
     split_seed: int = 0
+    # How a proxy starts (`models.initialization`). "official": the family's own initialization.
+    # "fan_in": the same, but the classifier drawn uniform ±1/sqrt(its input features) (PyTorch's own
+    # default for nn.Linear), so the first logits have one scale whatever the head's width. EfficientNet's
+    # official classifier init is uniform ±1/sqrt(classes): with 10-16 classes a head twice as wide starts
+    # with larger random logits and loses most of a 4-epoch proxy to them, so a search could not find
+    # width even where only width helps (results/known-answer/width). "zero": the classifier and the last
+    # layer of every residual branch start at zero (Goyal et al. 2017).
+    init: str = "fan_in"
 
     def __post_init__(self) -> None:
         """Validate ranges so a bad recipe fails at load time, not in the middle of a search."""
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("init", self.init, INITS)
         _check_range("lr", self.lr, low=0.0, low_open=True, high=10.0)
         _check_range("weight_decay", self.weight_decay, low=0.0, high=1.0)
         _check_range("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
@@ -103,7 +115,31 @@ _KINDS: dict[str, str] = {
     "augment": "bool|None",
     "val_fraction": "float",
     "split_seed": "int",
+    "init": "str",
 }
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` from the command line (`--recipe lr=0.05`): the key checked, the value read as YAML
+    reads a scalar (so `augment=false` is a bool); Recipe.from_mapping then validates it like the file's."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"--recipe {text!r}: expected KEY=VALUE, e.g. --recipe init=zero")
+    if key not in _KINDS:
+        raise UserError(f"--recipe {text!r}: unknown key {key!r}; known keys: {', '.join(_KINDS)}")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def recipe_with_overrides(recipe: Mapping[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """A space's `recipe:` mapping with `--recipe KEY=VALUE` flags applied (later flags win), validated."""
+    merged = {**recipe, **dict(parse_override(text) for text in overrides or [])}
+    Recipe.from_mapping(merged)
+    return merged
 
 
 def _field_kind(name: str) -> str:

@@ -7,7 +7,8 @@ A dataset spec is one string, the same on the command line and in YAML:
   texture), so resolution, width and depth all matter; the keys are in `scalesearch.data.synthetic`.
 - ``imagefolder:PATH`` or a bare directory path: one sub-folder per class holding PNG, JPEG,
   BMP or WebP files of any size and mode. Decoded once and cached on disk.
-- ``npz:PATH``: arrays ``x`` (N×H×W or N×H×W×C uint8, C = 1 or 3) and ``y`` (N integer labels),
+- ``npz:PATH``: arrays ``x`` (N×H×W or N×H×W×C uint8; C = 1 or 3, or up to 64 bands of a multispectral
+  image, channels last) and ``y`` (N integer labels),
   optionally ``classes`` (K strings naming the sorted labels). Loaded with ``allow_pickle=False``.
 
 Memory: images stay uint8 everywhere (the trainer converts and normalizes one batch at a time), so no
@@ -36,6 +37,8 @@ from scalesearch.data.imagefolder import MAX_NATIVE_SIZE, decode_folder, list_fo
 from scalesearch.data.synthetic import synthetic_arrays
 
 T = TypeVar("T")
+# Channels an npz image may have: grey, RGB, or the bands of a multispectral image (Sentinel-2 has 13).
+MAX_NPZ_CHANNELS = 64
 
 
 @dataclass
@@ -282,10 +285,13 @@ def _square_images(path: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         raise UserError(f"{path}: x must be uint8 (0..255), got {x.dtype}")
     if x.ndim == 3:
         x = x[:, None, :, :]
-    elif x.ndim == 4 and x.shape[3] in (1, 3):
+    elif x.ndim == 4 and 1 <= x.shape[3] <= MAX_NPZ_CHANNELS:
         x = x.transpose(0, 3, 1, 2)
     else:
-        raise UserError(f"{path}: x must be N×H×W or N×H×W×C with C = 1 or 3, got shape {x.shape}")
+        raise UserError(
+            f"{path}: x must be N×H×W or N×H×W×C with C from 1 to {MAX_NPZ_CHANNELS} (channels last), "
+            f"got shape {x.shape}"
+        )
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise UserError(f"{path}: y must be a 1-D integer array, got {y.dtype} with shape {y.shape}")
     if len(x) != len(y):

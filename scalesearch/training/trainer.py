@@ -26,6 +26,7 @@ from scalesearch.config.recipe import Recipe
 from scalesearch.data.datasets import Dataset
 from scalesearch.data.prep import augment_batch, resized_images, split_dataset
 from scalesearch.models.cost import torch_threads
+from scalesearch.models.initialization import initialize
 from scalesearch.training.layout import LAYOUTS, LayoutChoice, choose_layout
 from scalesearch.training.optimizer import lr_at, make_optimizer, train_step
 
@@ -223,7 +224,7 @@ def _train(
     data = _trial_data(dataset, recipe, resolution, view, device)
     autocast, grad_scaling = _precision(device, capture)
     torch.manual_seed(seed)
-    model = model_factory().to(device)
+    model = initialize(model_factory(), recipe.init).to(device)
     if layout == "auto":
         # The probe trains on the first batch of the split (no random draw) with copies of the model.
         probe_index = data.train_index[: data.batch_size]

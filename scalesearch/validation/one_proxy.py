@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import Any
 
-from scalesearch.config.recipe import Recipe
+from scalesearch.config.recipe import Recipe, recipe_with_overrides
 from scalesearch.config.spaces import SearchSpace, load_space
 from scalesearch.core.errors import UserError
 from scalesearch.core.scaling import Coefficients
@@ -109,10 +109,11 @@ def job_from_coefficients(
     epochs: int | None,
     threads: int | None,
     base_resolution: int | str | None = None,
+    recipe_overrides: list[str] | None = None,
 ) -> tuple[TrainJob, Network, dict[str, Any]]:
     """The job that trains what a search proposing `coefficients` at `phi` would train (φ = 0: the proxy
-    base), seeing the data as that search would (`base_resolution`: None, the space's); with its network
-    and what to print about it."""
+    base), seeing the data as that search would (`base_resolution`: None, the space's) and with its recipe
+    (`recipe_overrides`: `--recipe KEY=VALUE` flags); with its network and what to print about it."""
 
     space = load_space(space_path)
     constraint = constraint or str(space.search.get("constraint", "flops"))
@@ -143,7 +144,7 @@ def job_from_coefficients(
     job = TrainJob(
         space_path=space.path,
         dataset=dataset.spec,
-        recipe=job_recipe(Recipe.from_mapping(space.recipe), epochs),
+        recipe=job_recipe(Recipe.from_mapping(recipe_with_overrides(space.recipe, recipe_overrides)), epochs),
         spec=asdict(network.spec),
         seed=seed,
         threads=threads or torch.get_num_threads(),

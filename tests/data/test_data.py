@@ -294,7 +294,7 @@ def test_npz_grayscale_color_and_class_names(tmp_path: Path) -> None:
         ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.array([0, 1, 0])}, "4 images but y has 3 labels"),
         ({"x": np.zeros((4, 8, 8), np.float32), "y": np.array([0, 1, 0, 1])}, "x must be uint8"),
         ({"x": np.zeros((4, 64), np.uint8), "y": np.array([0, 1, 0, 1])}, "x must be N×H×W"),
-        ({"x": np.zeros((4, 8, 8, 5), np.uint8), "y": np.array([0, 1, 0, 1])}, "C = 1 or 3"),
+        ({"x": np.zeros((4, 8, 8, 65), np.uint8), "y": np.array([0, 1, 0, 1])}, "C from 1 to 64"),
         ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.array([0.0, 1, 0, 1])}, "y must be a 1-D integer"),
         ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.zeros(4, int)}, "single class"),
         ({"images": np.zeros((4, 8, 8), np.uint8)}, "missing array"),

@@ -126,7 +126,7 @@ def test_non_finite_loss_raises_training_diverged(digits: Dataset) -> None:
         return model
 
     with pytest.raises(TrainingDiverged, match="epoch 1"):
-        train_model(broken, digits, Recipe(epochs=2), resolution=8, seed=0, threads=1)
+        train_model(broken, digits, Recipe(epochs=2, init="official"), resolution=8, seed=0, threads=1)
 
 
 def test_threads_are_set_for_the_call_and_restored(digits: Dataset) -> None:

@@ -123,6 +123,12 @@ class MBConv(nn.Module):
         self.use_residual = stride == 1 and in_ch == out_ch
         self.drop_prob = drop_prob
 
+    def branch_end(self) -> nn.Module | None:
+        """The projection's batch norm: zeroed by `init: zero` (models.initialization) when the block is residual."""
+        project = self.block[-1]  # conv_bn_act(hidden, out_ch, 1, act=False): conv, batch norm
+        assert isinstance(project, nn.Sequential)
+        return project[1] if self.use_residual else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
         if not self.use_residual:

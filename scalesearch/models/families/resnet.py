@@ -79,6 +79,10 @@ class BasicBlock(nn.Module):
         self.shortcut = _shortcut(in_ch, width, stride)
         self.relu = nn.ReLU(inplace=True)
 
+    def branch_end(self) -> nn.Module:
+        """The body's last batch norm (torchvision's zero_init_residual), for `init: zero`."""
+        return self.body[-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.body(x) + self.shortcut(x))
 
@@ -99,6 +103,10 @@ class Bottleneck(nn.Module):
         )
         self.shortcut = _shortcut(in_ch, out_ch, stride)
         self.relu = nn.ReLU(inplace=True)
+
+    def branch_end(self) -> nn.Module:
+        """The body's last batch norm (torchvision's zero_init_residual), for `init: zero`."""
+        return self.body[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.body(x) + self.shortcut(x))

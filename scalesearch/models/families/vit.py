@@ -72,6 +72,10 @@ class EncoderBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
+    def branch_end(self) -> tuple[nn.Module, nn.Module]:
+        """The attention's and the MLP's output projections, for `init: zero` (the block starts as the identity)."""
+        return self.attn.proj, self.mlp[-1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
