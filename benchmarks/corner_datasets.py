@@ -1,17 +1,26 @@
 """Generated corner datasets: one per dimension (width, depth) and one interior, with probe tables.
 
-Every known answer that ships (the default set, texture24) is resolution-critical. These generators are
-attempts at the other corners and at an interior answer, built for the proxy of
-`search_spaces/efficientnet_b0.yaml` (B0 blocks at width 0.15, depth 0.5, 12 px, one stride of 2) at the
-search's phi = 2. They emulate the coming n_p = r_p x native / r_base mechanism by storing each npz at the
-size the proxy base should see: 12 px where no information may lie above the proxy's view (width, depth),
-24 px where one cue needs resolution headroom (interior). The current code resamples the stored images to
-each candidate's resolution (antialiased bilinear), so above 12 px a 12 px set is only upsampled.
-`npz:` sets train with the loader's default augmentation (random 1/8 crop and horizontal flip), so every
-label here is invariant to a left-right flip and to a 1 px shift.
+The default set and texture24 are resolution-critical known answers. These generators are attempts at
+the other corners and at an interior answer, built for the proxy of `search_spaces/efficientnet_b0.yaml`
+(B0 blocks at width 0.15, depth 0.5, 12 px, one stride of 2) at the search's phi = 2. Each npz is stored
+at the size the proxy base should see with B0 deployed at 12 px (`--base-resolution 12`, so n_p =
+native): 12 px where no information may lie above the proxy's view (width, depth), 24 px where one cue
+needs resolution headroom (interior). Above 12 px a 12 px set is only upsampled. `npz:` sets train with
+the loader's default augmentation (random 1/8 crop and horizontal flip), so every label here is
+invariant to a left-right flip and to a 1 px shift.
 
-Datasets (all deterministic by `seed`; N = 1600, balanced classes):
+Datasets (all deterministic by `seed`; N = 1600 unless said, balanced classes):
 
+* ``width_spectral`` (12 px, 16 bands, 16 classes, N = 4800): **the width-critical known answer.**
+  Class c is one of 16 orthonormal 16-band signatures; an image is one spectrum, 3.5 x its class's
+  signature plus a per-image nuisance spectrum (unit normal in every band), repeated over all pixels
+  under pixel noise 0.3 (the multispectral pixels of one material under varying illumination). Nothing
+  varies in space beyond noise, so resolution adds no information and there is nothing for depth's extra
+  layers to combine; the class lies in all 16 bands, and a network keeps only as many linear views of
+  them as its first stages have channels (the proxy base: 6 in the stem, 4 in stage 1; the width corner
+  at phi 2: 10 and 6; depth and resolution keep the base's). Nearest class mean on the best k views of
+  the spectrum: 0.50 (k = 4), 0.61 (6), 0.84 (10), 0.94 (16). 4,800 images (75 SGD steps per epoch) so
+  that the proxies are limited by what they can represent rather than by how far 4 epochs get them.
 * ``width_palette`` (12 px, RGB, 24 classes). A palette of 12 colours at least 0.35 apart in RGB; class
   c is a distinct set of 4 of them, and every pixel is independently one colour of its class's set,
   times a per-image gain (0.85-1.15), plus pixel noise 0.06. The label is a colour histogram: no spatial
@@ -35,14 +44,15 @@ Datasets (all deterministic by `seed`; N = 1600, balanced classes):
 * ``interior_period3``: the same with period-3 textures (values 0, 0.5, 1), which partly survive from
   about 15-17 px, so a point with resolution share near 0.5 (17 px at phi 2) can see them.
 
-What the probes showed (results/known-answer/corners/README.md): none of the width or depth designs makes
-its corner win at the default recipe (4 epochs, batch 64: 80 SGD steps). The depth corner is the worst
-point on every set; the width corner is within the seed spread of the base or below it; on the 12 px
+What the probes of the other sets showed (results/known-answer/corners/README.md, made with the official
+classifier init, the default before `init: fan_in`): none of those width or depth designs makes its
+corner win (4 epochs, batch 64: 80 SGD steps). The depth corner is the worst point on every set; the
+width corner is within the seed spread of the base or below it; on the 12 px
 sets the resolution corner (an upsampled copy) scores highest. Resolution is not neutral on a 12 px set:
 the proxy downsamples by 2 inside, so an upsampled input buys spatial positions (4 channels x 12 x 12
 after the stride against 4 x 6 x 6) for the FLOPs that width spends on 2x the channels. Both interior
-attempts are won by the resolution corner: the colour cue needs no capacity beyond the base. Treat the
-width_*/depth_* sets as documented failures, not known answers.
+attempts are won by the resolution corner: the colour cue needs no capacity beyond the base. Treat
+width_palette, width_templates, depth_xor and depth_samediff as documented failures, not known answers.
 
     python benchmarks/corner_datasets.py --out DIR                                  # write the npz files
     python benchmarks/corner_datasets.py --out DIR --which width_palette --probe --seeds 0,1,2
@@ -52,8 +62,8 @@ width_*/depth_* sets as documented failures, not known answers.
 `--probe` trains each point (base at phi 0; the depth, width and resolution corners and the balanced
 point (1/3, 1/3, 1/3) at phi 2; optionally the edge midpoints width+resolution and depth+resolution),
 each the realizable network `scalesearch train` picks for those coefficients, i.e. what the search would
-train, with the space's default recipe and 4 epochs, one thread, one training at a time, appending to
-DIR/probes.csv.
+train, with the space's default recipe (`--init` changes its init) and 4 epochs, one thread, one training
+at a time, appending to DIR/probes.csv.
 """
 
 from __future__ import annotations
@@ -244,23 +254,82 @@ def width_spectral(
     return np.clip(128 + 28 * img, 0, 255).astype(np.uint8), labels.astype(np.int64)
 
 
+def _add_two_marks(rng: np.random.Generator, image: np.ndarray, near: float, far: float, *, same: bool,
+                   strength: float) -> None:  # fmt: skip
+    """Two 3x3 marks of ±`strength` (every channel), `near`-`far` px apart in a random direction, added to
+    an S×S(×C) image in place; the same sign when `same`. Centres stay 3 px inside the image, so a 1/8
+    crop (3 px at 24) keeps both marks whole."""
+    low, high = 3, image.shape[0] - 4
+    while True:
+        angle, distance = rng.uniform(0, 2 * np.pi), rng.uniform(near, far)
+        first = rng.uniform(low, high, size=2)
+        second = first + distance * np.array([np.cos(angle), np.sin(angle)])
+        if low <= second.min() and second.max() <= high:
+            break
+    sign = rng.choice([-strength, strength])
+    for centre, value in ((first, sign), (second, sign if same else -sign)):
+        r, c = np.round(centre).astype(int)
+        image[r - 1 : r + 2, c - 1 : c + 2] += value
+
+
+def depth_reach(
+    n: int = 4800, size: int = 24, near: float = 10.0, far: float = 16.0, noise: float = 0.1, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two 3x3 marks, each bright or dark, `near`-`far` px apart in a random direction; label = the same
+    polarity or not: the depth-critical known answer for the plain CNN space (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % 2)
+    img = rng.normal(0.0, noise, size=(n, size, size))
+    for i in range(n):
+        _add_two_marks(rng, img[i], near, far, same=labels[i] == 1, strength=1.0)
+    return _to_uint8(0.5 + 0.4 * img), labels.astype(np.int64)
+
+
+def interior_reach_spectral(
+    n: int = 4800,
+    size: int = 24,
+    bands: int = 16,
+    classes: int = 16,
+    snr: float = 3.5,
+    near: float = 6.0,
+    far: float = 9.0,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """width_spectral's spectrum behind depth_reach's two marks (6-9 px apart, in every band): label =
+    (signature, same polarity or not), 2 x `classes` classes. For the plain CNN: reading the spectrum needs
+    channels (width), the relation needs a reach of about 13 px (6 layers: depth)."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.normal(size=(bands, bands)))
+    labels = rng.permutation(np.arange(n) % (2 * classes))
+    signature, same = labels // 2, labels % 2
+    spectra = snr * basis[:classes][signature] + rng.normal(size=(n, bands))
+    img = spectra[:, None, None, :] + 0.3 * rng.normal(size=(n, size, size, bands))
+    for i in range(n):
+        _add_two_marks(rng, img[i], near, far, same=same[i] == 1, strength=4.0)
+    return np.clip(128 + 20 * img, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
 GENERATORS = {
     "width_spectral": width_spectral,
+    "depth_reach": depth_reach,
     "width_palette": width_palette,
     "width_templates": width_templates,
     "depth_xor": depth_xor,
     "depth_samediff": depth_samediff,
     "interior_texture_palette": interior_texture_palette,
     "interior_period3": interior_period3,
+    "interior_reach_spectral": interior_reach_spectral,
 }
 INTENDED = {
     "width_spectral": "width",
+    "depth_reach": "depth",
     "width_palette": "width",
     "width_templates": "width",
     "depth_xor": "depth",
     "depth_samediff": "depth",
     "interior_texture_palette": "interior",
     "interior_period3": "interior",
+    "interior_reach_spectral": "interior",
 }
 
 # The points probed: name -> (alpha, beta, gamma, phi). At phi 2 the coefficients ask for shares
@@ -274,23 +343,29 @@ POINTS = {
     # Edge midpoints, not probed by default: (0, 1/2, 1/2) and (1/2, 0, 1/2).
     "width+resolution": (1.0, 2**0.25, 2**0.25, 2.0),
     "depth+resolution": (2**0.5, 1.0, 2**0.25, 2.0),
+    "depth+width": (2**0.5, 2**0.25, 1.0, 2.0),
 }
 DEFAULT_POINTS = "base,depth,width,resolution,balanced"
 HEADER = ["dataset", "init", "point", "seed", "d", "w", "r", "res", "acc_epochs", "final", "best", "seconds"]
 
 
-# Every set is stored at the size the proxy base should see at headroom 1 (12 px) or 2 (24 px, interior):
-# B0 deployed at 12 px, so the proxies see the stored images (n_p = 12 x native / 12 = native).
-BASE_RESOLUTION = 12
+# The space each set is probed (and searched) in, and the resolution its target base is deployed at:
+# every set is stored at the size its proxy base should see, so the proxies see the stored images
+# (n_p = r_p x native / r_base = native). B0 deployed at 12 px (headroom 1 for the 12 px sets, 2 for
+# the 24 px interior ones); the plain CNN at the depth set's own 24 px.
+PLAIN_CNN = ROOT / "benchmarks" / "spaces" / "plain_cnn.yaml"
+SPACES = {"depth_reach": (str(PLAIN_CNN), 24), "interior_reach_spectral": (str(PLAIN_CNN), 24)}
+DEFAULT_SPACE = ("efficientnet_b0", 12)
 
 
 def train(dataset: Path, point: str, seed: int, epochs: int, init: str) -> dict:
     """`scalesearch train` of one point in a subprocess (1 thread); its JSON plus the wall time."""
     alpha, beta, gamma, phi = POINTS[point]
-    cmd = [sys.executable, "-m", "scalesearch", "train", "--dataset", f"npz:{dataset}", "--alpha", str(alpha),
-           "--beta", str(beta), "--gamma", str(gamma), "--phi", str(phi), "--epochs", str(epochs),
-           "--seed", str(seed), "--threads", "1", "--format", "json", "--base-resolution", str(BASE_RESOLUTION),
-           "--recipe", f"init={init}"]  # fmt: skip
+    space, base_resolution = SPACES.get(dataset.stem, DEFAULT_SPACE)
+    cmd = [sys.executable, "-m", "scalesearch", "train", "--space", space, "--dataset", f"npz:{dataset}",
+           "--alpha", str(alpha), "--beta", str(beta), "--gamma", str(gamma), "--phi", str(phi),
+           "--epochs", str(epochs), "--seed", str(seed), "--threads", "1", "--format", "json",
+           "--base-resolution", str(base_resolution), "--recipe", f"init={init}"]  # fmt: skip
     start = time.perf_counter()
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     result = json.loads(done.stdout)
@@ -347,6 +422,38 @@ def summarize(raw: Path, out: Path) -> None:
     print("\n".join(lines))
 
 
+def run_search(dataset: Path, out: Path, seed: int, *extra: str) -> dict:
+    """The default search (`scalesearch search` with its space's `search:` defaults; `extra` flags on top)
+    on a set, in the set's space and at its base resolution; resumed if unfinished; returns best.json."""
+    space, base_resolution = SPACES.get(dataset.stem, DEFAULT_SPACE)
+    command = [sys.executable, "-m", "scalesearch", "search", "--space", space, "--dataset", f"npz:{dataset}",
+               "--base-resolution", str(base_resolution), "--seed", str(seed), "--out", str(out), "--quiet",
+               *extra]  # fmt: skip
+    if not (out / "best.json").is_file():
+        subprocess.run(command + (["--resume"] if (out / "search.json").is_file() else []), check=True)
+    return json.loads((out / "best.json").read_text())
+
+
+SEARCH_COLUMNS = ["dataset", "intended", "seed", "network", "share_depth", "share_width", "share_resolution",
+                  "intended_share", "mean_accuracy", "std", "seeds", "distinguishable", "tied_networks",
+                  "tie_region_intended_min", "next_best_untied_mean"]  # fmt: skip
+
+
+def search_row(name: str, seed: int, best: dict) -> dict:
+    """One line of searches.csv: what the default search chose on a set, and the intended dimension's share."""
+    shares, intended = best["shares"], INTENDED[name]
+    confirm = best["confirm"]
+    candidates = confirm["candidates"]
+    untied = [c["mean"] for c in candidates if not c["tied"]]
+    return {"dataset": name, "intended": intended, "seed": seed, "network": best["network"],
+            "share_depth": round(shares["depth"], 3), "share_width": round(shares["width"], 3),
+            "share_resolution": round(shares["resolution"], 3), "intended_share": round(shares[intended], 3),
+            "mean_accuracy": round(best["value"], 4), "std": round(best["std"] or 0.0, 4), "seeds": best["seeds"],
+            "distinguishable": confirm["distinguishable"], "tied_networks": sum(c["tied"] for c in candidates),
+            "tie_region_intended_min": round(confirm["tie_region"][intended][0], 3),
+            "next_best_untied_mean": round(max(untied), 4) if untied else ""}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder for the npz files (and probes.csv)")
@@ -357,6 +464,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--init", default="fan_in", help="the recipe's init: official, fan_in (default) or zero")
     parser.add_argument("--summarize", metavar="RAW_CSV", help="only write OUT/probes.csv + OUT/summary.md from it")
+    parser.add_argument("--search", action="store_true",
+                        help="the default search on each set, --seeds (OUT/seedK); OUT/searches.csv")  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out)
     if args.summarize:
@@ -368,6 +477,17 @@ def main() -> None:
         x, y = GENERATORS[name]()
         np.savez(out / f"{name}.npz", x=x, y=y)
         print(name, x.shape, f"{len(np.unique(y))} classes", flush=True)
+    if args.search:
+        rows = []
+        for name in names:
+            for seed in (int(s) for s in args.seeds.split(",")):
+                best = run_search(out / f"{name}.npz", out / f"seed{seed}", seed)
+                rows.append(search_row(name, seed, best))
+                print(*rows[-1].values(), flush=True)
+        with (out / "searches.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=SEARCH_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
     if not args.probe:
         return
     path = out / "probes.csv"

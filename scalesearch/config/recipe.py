@@ -119,6 +119,12 @@ _KINDS: dict[str, str] = {
 }
 
 
+def as_recorded(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's recorded recipe with the fields it predates at what it was trained with: a run recorded
+    before `init` existed trained with the official init (not today's default)."""
+    return {"init": "official", **recipe}
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`KEY=VALUE` from the command line (`--recipe lr=0.05`): the key checked, the value read as YAML
     reads a scalar (so `augment=false` is a bool); Recipe.from_mapping then validates it like the file's."""

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scalesearch.config.recipe import Recipe
+from scalesearch.config.recipe import Recipe, as_recorded
 from scalesearch.core.errors import UserError
 
 # Modules that import torch are imported inside the functions that use them, so importing this one
@@ -166,6 +166,7 @@ class SearchSettings:
 
 def differing_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """The fingerprint keys on which a saved search and the current settings disagree."""
+    saved = {**saved, "recipe": as_recorded(saved["recipe"])} if isinstance(saved.get("recipe"), Mapping) else saved
     return [key for key in FINGERPRINT_KEYS if saved.get(key, FINGERPRINT_DEFAULTS.get(key)) != current.get(key)]
 
 

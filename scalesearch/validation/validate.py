@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from scalesearch.config.recipe import as_recorded
 from scalesearch.config.settings import FINGERPRINT_DEFAULTS, SearchSettings
 from scalesearch.config.spaces import load_space
 from scalesearch.core.errors import UserError
@@ -154,6 +155,9 @@ def run_settings(run: Run, **changes: Any) -> SearchSettings:
     known = {f.name for f in fields(SearchSettings)}
     # A run made before the resolution mapping saw its stored images as they are: "off".
     recorded = {"base_resolution": FINGERPRINT_DEFAULTS["base_resolution"], **run.settings}
+    # ... and one made before the recipe's init trained with the official init.
+    if isinstance(recorded.get("recipe"), Mapping):
+        recorded["recipe"] = as_recorded(recorded["recipe"])
     try:
         settings = SearchSettings(**{k: v for k, v in recorded.items() if k in known})
     except TypeError as error:

@@ -107,6 +107,20 @@ def test_train_json_plans_the_coefficients_on_the_realizable_set(capsys: pytest.
     assert abs(result["constraint_ratio"] / 2 - 1) <= space.tolerance
 
 
+def test_train_recipe_flags_change_the_recipe_trained_with(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "--space", SPACE, "--dataset", TINY, "--alpha", "1.2", "--beta", "1.1", "--gamma", "1.15"]
+    argv += ["--epochs", "1", "--threads", "1", "--format", "json", "--recipe", "init=official", "--recipe", "lr=0.05"]
+    assert main(argv) == 0
+    recipe = json.loads(capsys.readouterr().out)["recipe"]
+    assert (recipe["init"], recipe["lr"]) == ("official", 0.05)
+
+
+def test_train_from_a_run_keeps_the_runs_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _hand_made_run(tmp_path / "run")
+    message = _error(["train", "--from", str(tmp_path / "run"), "--recipe", "init=zero"], capsys)
+    assert "--from trains with the run's own recipe; drop --recipe" in message
+
+
 def test_train_table_at_phi_0_is_the_proxy_base(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["train", "--space", SPACE, "--dataset", TINY, "--alpha", "1", "--beta", "1"]
     argv += ["--gamma", "1", "--phi", "0", "--epochs", "1", "--threads", "1"]
@@ -199,6 +213,8 @@ def test_train_on_a_folder_with_a_bad_image(tmp_path: Path, capsys: pytest.Captu
         (["--constraint", "energy"], "unknown constraint 'energy'"),
         (["--trial", "2"], "--trial needs --from RUN_DIR"),
         (["--from", "/no/such/run"], "--from trains the run's own network on the run's data; drop --space"),
+        (["--recipe", "init=xavier"], "recipe.init: expected one of official, fan_in, zero"),
+        (["--recipe", "lr"], "--recipe 'lr': expected KEY=VALUE"),
     ],
 )
 def test_train_bad_inputs(extra: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -617,3 +617,12 @@ def test_processes_that_ask_at_once_build_a_shared_copy_once(tmp_path: Path) -> 
         datacache.write_npy(path, shape, [np.full(shape, 5, np.uint8)])
     waiter.join(10)
     assert built == [] and int(results[0][0, 0, 0, 0]) == 5
+
+
+def test_npz_takes_the_bands_of_a_multispectral_image(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "bands.npz"
+    np.savez(path, x=rng.integers(0, 256, size=(12, 6, 6, 16), dtype=np.uint8), y=np.arange(12) % 3)
+    dataset = load_dataset(f"npz:{path}", cache_dir=str(tmp_path / "cache"))
+    assert dataset.in_channels == 16 and dataset.native_size == 6 and dataset.num_classes == 3
+    assert dataset.images.shape == (12, 16, 6, 6)

@@ -331,3 +331,18 @@ def _no_ray_address(monkeypatch):
     monkeypatch.setenv(
         "SCALESEARCH_CACHE", os.environ.get("SCALESEARCH_CACHE", str(Path.home() / ".cache/scalesearch"))
     )
+
+
+def test_recipe_flags_reach_the_searchs_training_recipe_and_its_fingerprint(capsys):
+    from scalesearch.cli import build_parser
+    from scalesearch.commands.search import settings_from_args
+
+    parse = build_parser().parse_args
+    plain = settings_from_args(parse(["search", "--space", TINY, "--out", "x"]))
+    changed = settings_from_args(parse(["search", "--space", TINY, "--out", "x", "--recipe", "init=official"]))
+    assert plain.training_recipe().init == "fan_in" and changed.training_recipe().init == "official"
+    # A run made with another recipe is another search: --resume must not mix them.
+    assert plain.fingerprint() != changed.fingerprint()
+    assert main(["search", "--space", TINY, "--recipe", "init=xavier", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "recipe.init: expected one of official, fan_in, zero" in err

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -380,3 +381,20 @@ def _no_ray_address(monkeypatch):
     monkeypatch.setenv(
         "SCALESEARCH_CACHE", os.environ.get("SCALESEARCH_CACHE", str(Path.home() / ".cache/scalesearch"))
     )
+
+
+def test_a_run_recorded_before_the_recipes_init_is_retrained_with_the_official_init():
+    """tests/fixtures/run_tiny predates `init`: validate and `train --from` must retrain it as it was
+    trained (the official init), not with today's default, and a resume must not see a changed recipe."""
+    from scalesearch.config.settings import differing_keys
+    from scalesearch.outputs.runs import read_run
+    from scalesearch.validation.validate import run_settings
+
+    run = read_run(Path(__file__).resolve().parents[1] / "fixtures" / "run_tiny")
+    assert "init" not in run.settings["recipe"]
+    settings = run_settings(run)
+    assert settings.training_recipe().init == "official"
+    saved = json.loads((run.path / "search.json").read_text())["fingerprint"]
+    assert "recipe" not in differing_keys(saved, settings.fingerprint())
+    fan_in = replace(settings, recipe={**settings.recipe, "init": "fan_in"})
+    assert "recipe" in differing_keys(saved, fan_in.fingerprint())
