@@ -16,6 +16,7 @@
    surface on the simplex with the searches' choices).
 
     python benchmarks/ground_truth.py --out results/ground-truth              # all stages, ~1.5 h on 2 cores
+    python benchmarks/ground_truth.py --out results/ground-truth --recipe init=official   # the committed one
     python benchmarks/ground_truth.py --out results/ground-truth --stage report
 """
 
@@ -33,6 +34,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from scalesearch.config.recipe import recipe_with_overrides
 from scalesearch.config.settings import SearchSettings
 from scalesearch.config.spaces import DEFAULT_SPACE, load_space
 from scalesearch.data.datasets import load_dataset
@@ -49,14 +51,15 @@ TRUTH_COLUMNS = ["network", "seed", "share_depth", "share_width", "share_resolut
                  "flops_ratio", "final_val_accuracy", "val_accuracies", "seconds", "status", "error"]  # fmt: skip
 
 
-def default_settings(out: Path, concurrency: int) -> SearchSettings:
-    """The settings `scalesearch search` runs with no flags (the default space's search: section)."""
+def default_settings(out: Path, concurrency: int, recipe: list[str]) -> SearchSettings:
+    """The settings `scalesearch search` runs with no flags (the default space's search: section), with
+    `--recipe KEY=VALUE` changes (`recipe`) as the search would take them."""
     space = load_space(DEFAULT_SPACE)
     known = {f.name for f in fields(SearchSettings)}
     # base_resolution stays the space's to apply (with its own dataset), as `scalesearch search` leaves it.
     values = {k: v for k, v in space.search.items() if k in known and k != "base_resolution"}
     values.update(concurrency=concurrency, quiet=True, out=str(out))
-    return SearchSettings(space_path=space.path, recipe=dict(space.recipe), **values)
+    return SearchSettings(space_path=space.path, recipe=recipe_with_overrides(space.recipe, recipe), **values)
 
 
 def read_truth(path: Path) -> list[dict[str, Any]]:
@@ -74,9 +77,9 @@ def write_truth(path: Path, rows: list[dict[str, Any]]) -> None:
     write_text(path, buffer.getvalue())
 
 
-def train_truth(out: Path, seeds: list[int], concurrency: int) -> None:
+def train_truth(out: Path, seeds: list[int], concurrency: int, recipe: list[str]) -> None:
     """Every network of the realizable set × seeds, skipping the (network, seed) pairs already saved."""
-    settings = default_settings(out / "truth-scratch", concurrency)
+    settings = default_settings(out / "truth-scratch", concurrency, recipe)
     space = load_space(settings.space_path)
     dataset = load_dataset(settings.dataset)
     view = data_view(space, dataset.native_size, settings.base_resolution, dataset=settings.dataset)
@@ -120,13 +123,13 @@ def search_folders(out: Path, seeds: list[int], runs: list[Path]) -> dict[int, P
     return {seed: given.get(seed, out / f"search-seed{seed}") for seed in seeds}
 
 
-def run_searches(folders: dict[int, Path]) -> None:
+def run_searches(folders: dict[int, Path], recipe: list[str]) -> None:
     """The default search once per seed (resumed where a folder holds an unfinished one)."""
     for seed, folder in folders.items():
         if (folder / "best.json").is_file():
             continue
         command = [sys.executable, "-m", "scalesearch", "search", "--seed", str(seed), "--out", str(folder),
-                   "--family-phis", "0-1", "--quiet"]  # fmt: skip
+                   "--family-phis", "0-1", "--quiet", *(f"--recipe={r}" for r in recipe)]  # fmt: skip
         if (folder / "search.json").is_file():
             command.append("--resume")
         print(" ".join(command[1:]), flush=True)
@@ -255,16 +258,18 @@ def main() -> None:
     parser.add_argument("--search-seeds", default="0,1,2,3,4")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--runs", nargs="*", default=[], help="finished runs of the default search to count")
+    parser.add_argument("--recipe", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe change for the truth and the searches alike, e.g. init=official")  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     truth_seeds = [int(s) for s in args.truth_seeds.split(",")]
     search_seeds = [int(s) for s in args.search_seeds.split(",")]
     if args.stage in ("truth", "all"):
-        train_truth(out, truth_seeds, args.concurrency)
+        train_truth(out, truth_seeds, args.concurrency, args.recipe)
     folders = search_folders(out, search_seeds, [Path(run) for run in args.runs])
     if args.stage in ("searches", "all"):
-        run_searches(folders)
+        run_searches(folders, args.recipe)
     if args.stage in ("report", "all"):
         report(out, folders, len(truth_seeds))
 

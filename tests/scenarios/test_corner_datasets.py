@@ -23,8 +23,9 @@ def corner_module():
     return module
 
 
-@pytest.mark.parametrize("name", ["width_palette", "width_templates", "depth_xor", "depth_samediff",
-                                  "interior_texture_palette", "interior_period3"])  # fmt: skip
+@pytest.mark.parametrize("name", ["width_spectral", "depth_reach", "width_palette", "width_templates", "depth_xor",
+                                  "depth_samediff", "interior_texture_palette", "interior_period3",
+                                  "interior_reach_spectral"])  # fmt: skip
 def test_generators_are_deterministic_balanced_and_sized_for_the_proxy(name):
     module = corner_module()
     generate = module.GENERATORS[name]
@@ -34,7 +35,7 @@ def test_generators_are_deterministic_balanced_and_sized_for_the_proxy(name):
     assert np.array_equal(x, x2) and np.array_equal(y, y2)
     assert not np.array_equal(generate(n=96, seed=1)[0], x)
     # No information above the proxy base's 12 px, except the interior set's resolution cue.
-    assert x.shape[1] == x.shape[2] == (24 if name.startswith("interior") else 12)
+    assert x.shape[1] == x.shape[2] == (24 if name.startswith("interior") or name == "depth_reach" else 12)
     counts = np.bincount(y)
     assert counts.max() - counts.min() <= 1 if name != "depth_xor" else abs(counts[0] - counts[1]) < 30
 
@@ -50,6 +51,79 @@ def test_the_interior_texture_averages_away_at_12_px():
     # ... while at 24 px the pixels differ within a block for the three period-2 textures.
     spread = np.abs(x.astype(float) - small.repeat(2, axis=1).repeat(2, axis=2)).mean(axis=(1, 2, 3))
     assert spread[texture == 3].max() < 1.0 < spread[texture < 3].min()
+
+
+def test_the_width_set_holds_its_class_in_more_dimensions_than_the_proxy_bases_first_stage_passes():
+    """width_spectral by construction: an image is one 16-band spectrum (its class's signature plus a
+    per-image nuisance) repeated over 12 x 12 pixels under small pixel noise. Nothing varies in space
+    beyond that noise, so more pixels (resolution) add no information; the class lies in all 16 bands,
+    and a network keeps only as many linear views of them as its first stages have channels (the proxy
+    base: 6 in the stem, 4 in stage 1; the width corner at phi 2: 10 and 6). Nearest class mean on the
+    best k projections of the image's mean spectrum: how much k views can tell."""
+    module = corner_module()
+    x, y = module.width_spectral(n=3200)
+    assert x.shape[1:] == (12, 12, 16)
+    pixels = x.astype(float)
+    spectra = pixels.mean(axis=(1, 2))
+    within = (pixels - spectra[:, None, None, :]).std()
+    between = spectra.std(axis=0).mean()
+    assert within < 0.35 * between  # the spatial variation is noise, small beside the spectra's
+    train, test = slice(0, 2400), slice(2400, None)
+    means = np.stack([spectra[train][y[train] == k].mean(axis=0) for k in range(16)])
+    _, _, directions = np.linalg.svd(means - means.mean(axis=0))
+
+    def accuracy(k: int) -> float:
+        project = directions[:k].T
+        distances = ((spectra[test] @ project)[:, None, :] - (means @ project)[None]) ** 2
+        return float((distances.sum(axis=-1).argmin(axis=1) == y[test]).mean())
+
+    assert accuracy(4) < 0.6 < 0.85 < accuracy(16)  # 4 views lose much of what 16 keep
+    assert accuracy(4) < accuracy(6) < accuracy(10) < accuracy(16)
+
+
+def plain_cnn_module():
+    spec = importlib.util.spec_from_file_location("plain_cnn", ROOT / "benchmarks" / "spaces" / "plain_cnn.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("depth_mult", "reach"), [(1.0, 7), (2.0, 13), (4.0, 25)])
+def test_the_plain_cnn_reaches_2_layers_plus_1_pixels_whatever_its_width_or_input(depth_mult, reach):
+    """What one output unit can see: the input pixels its value depends on (the gradient's support)."""
+    import torch
+
+    build = plain_cnn_module().build
+    for width_mult, size in ((1.0, 32), (2.0, 32), (1.0, 64)):
+        model = build(width_mult=width_mult, depth_mult=depth_mult, num_classes=2, in_channels=1).eval()
+        body = model[:-4]  # the conv layers, before pooling and the classifier
+        image = torch.randn(1, 1, size, size, requires_grad=True)
+        body(image)[0, :, size // 2, size // 2].sum().backward()
+        rows = torch.nonzero(image.grad[0, 0].abs().sum(dim=1)).flatten()
+        assert int(rows.max() - rows.min()) + 1 == reach, (width_mult, size)
+
+
+def test_the_depth_sets_marks_lie_beyond_the_proxy_bases_reach():
+    """depth_reach by construction: the two 3x3 marks' centres are 10-16 px apart, so no 7 px window of the
+    proxy base (3 layers) holds both, and 'same polarity or not' is no sum of what single windows see."""
+    module = corner_module()
+    x, y = module.depth_reach(n=400, noise=0.0)
+    grey = np.median(x.reshape(len(x), -1), axis=1)
+    for image, label, background in zip(x.astype(int), y, grey):
+        marks = np.argwhere(np.abs(image - background) > 40)
+        bright = (image[tuple(marks.T)] > background).astype(int)
+        centres, polarity = [], []
+        for sign in (0, 1):
+            pixels = marks[bright == sign]
+            if len(pixels):  # one 3x3 mark, or two of the same polarity
+                far = np.linalg.norm(pixels - pixels[0], axis=1) > 4
+                for group in (pixels[~far], pixels[far]):
+                    if len(group):
+                        centres.append(group.mean(axis=0))
+                        polarity.append(sign)
+        assert len(centres) == 2
+        assert 10 - 1 <= np.linalg.norm(centres[0] - centres[1]) <= 16 + 1  # rounding to whole pixels
+        assert (polarity[0] == polarity[1]) == bool(label)
 
 
 def test_committed_probe_table_has_every_point_with_two_seeds():
@@ -70,3 +144,20 @@ def test_interior_attempt_is_won_by_the_resolution_corner_beyond_the_seed_spread
     for point, values in by_point.items():
         margin = np.mean(best) - np.mean(values)
         assert margin > 3 * max(np.std(best, ddof=1), np.std(values, ddof=1), 0.01), point
+
+
+@pytest.mark.parametrize(("dimension", "name"), [("width", "width_spectral"), ("depth", "depth_reach")])
+def test_the_committed_probes_show_the_intended_corner_winning_on_every_seed(dimension, name):
+    """results/known-answer/<dimension>/probes.csv (fan_in, the default init): base, the three corners and the
+    balanced point, 2 seeds; the intended corner beats every other point on each seed, and on the mean by 0.1+."""
+    rows = [r for r in csv.DictReader((ROOT / "results" / "known-answer" / dimension / "probes.csv").open())
+            if r["dataset"] == name and r["init"] == "fan_in"]  # fmt: skip
+    scores: dict[str, dict[int, float]] = {}
+    for row in rows:
+        scores.setdefault(row["point"], {})[int(row["seed"])] = float(row["final_val_accuracy"])
+    assert set(scores) >= {"base", "depth", "width", "resolution", "balanced"}
+    corner = scores.pop(dimension)
+    assert set(corner) >= {0, 1}
+    for point, by_seed in scores.items():
+        assert all(corner[seed] > by_seed[seed] for seed in corner), point
+        assert np.mean(list(corner.values())) - np.mean(list(by_seed.values())) >= 0.1, point

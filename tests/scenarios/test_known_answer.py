@@ -60,3 +60,44 @@ def test_the_answer_does_not_depend_on_the_size_the_images_are_stored_at(tmp_pat
         region, step = other["confirm"]["tie_region"], 2 * other["search"]["coverage"]
         for dimension, (low, high) in region.items():
             assert low - step <= best["shares"][dimension] <= high + step, (dimension, best["shares"], region)
+
+
+# --- the width and depth corners (benchmarks/corner_datasets.py: width_spectral, depth_reach) ----------
+
+CORNER_SETS = {"width_spectral": "width", "depth_reach": "depth"}
+
+
+def corner_module():
+    spec = importlib.util.spec_from_file_location("corner_datasets", ROOT / "benchmarks" / "corner_datasets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("name", "dimension"), CORNER_SETS.items())
+def test_the_committed_default_searches_found_the_intended_corner_for_every_seed(name, dimension):
+    """results/known-answer/<dimension>/searches.csv: the default search, seeds 0 and 1, on each set."""
+    import csv
+
+    rows = list(csv.DictReader((ROOT / "results" / "known-answer" / dimension / "searches.csv").open()))
+    assert {row["seed"] for row in rows} >= {"0", "1"}
+    for row in rows:
+        assert row["dataset"] == name and row["intended"] == dimension
+        # The chosen network's realized share of the intended dimension (best.json's realized coefficients).
+        assert float(row[f"share_{dimension}"]) >= 0.6, row
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "dimension"), CORNER_SETS.items())
+def test_search_finds_the_width_and_the_depth_corner(tmp_path, name, dimension):
+    """The default search (TPE, 4 epochs, early stopping, at phi 2), cut to 8 proposals and 2 x 2 confirm
+    trainings, on a fresh copy of each set (another seed of the search)."""
+    import numpy as np
+
+    module = corner_module()
+    x, y = module.GENERATORS[name]()
+    np.savez(tmp_path / f"{name}.npz", x=x, y=y)
+    best = module.run_search(tmp_path / f"{name}.npz", tmp_path / "run", 3, "--trials", "8", "--confirm-top", "2",
+                             "--confirm-seeds", "2")  # fmt: skip
+    assert best["shares"][dimension] >= 0.6, best["shares"]
+    assert best["coefficients_are"].startswith("realized")
