@@ -5,7 +5,7 @@
   PyTorch's own default for nn.Linear. The first logits then have one scale whatever the head's width.
   EfficientNet's official classifier init is uniform ±1/sqrt(classes): fine for ImageNet's 1,000
   classes, but with 10 classes a head twice as wide starts with √2× larger random logits, which a
-  proxy trained for a few epochs spends its first epochs undoing; a search would rank width low for a
+  proxy trained for a few epochs spends its first epochs undoing; a search could rank width low for a
   reason that vanishes with training.
 - "zero": the classifier and the last layer of every residual branch start at zero (Goyal et al.
   2017, "zero γ"; torchvision's `zero_init_residual`, timm's `zero_init_last`): uniform logits, and
