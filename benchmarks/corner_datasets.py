@@ -447,10 +447,12 @@ def search_row(name: str, seed: int, best: dict) -> dict:
     untied = [c["mean"] for c in candidates if not c["tied"]]
     return {"dataset": name, "intended": intended, "seed": seed, "network": best["network"],
             "share_depth": round(shares["depth"], 3), "share_width": round(shares["width"], 3),
-            "share_resolution": round(shares["resolution"], 3), "intended_share": round(shares[intended], 3),
+            "share_resolution": round(shares["resolution"], 3),
+            # An interior set has no single intended dimension: its largest share says how interior it is.
+            "intended_share": round(shares[intended] if intended in shares else max(shares.values()), 3),
             "mean_accuracy": round(best["value"], 4), "std": round(best["std"] or 0.0, 4), "seeds": best["seeds"],
             "distinguishable": confirm["distinguishable"], "tied_networks": sum(c["tied"] for c in candidates),
-            "tie_region_intended_min": round(confirm["tie_region"][intended][0], 3),
+            "tie_region_intended_min": round(confirm["tie_region"][intended][0], 3) if intended in shares else "",
             "next_best_untied_mean": round(max(untied), 4) if untied else ""}  # fmt: skip
 
 
