@@ -43,6 +43,20 @@ Datasets (all deterministic by `seed`; N = 1600 unless said, balanced classes):
   resolution-headroom cue) while the colour set survives (the intended capacity cue).
 * ``interior_period3``: the same with period-3 textures (values 0, 0.5, 1), which partly survive from
   about 15-17 px, so a point with resolution share near 0.5 (17 px at phi 2) can see them.
+* ``interior_reach_spectral`` (24 px, 16 bands, 32 classes): width_spectral's spectrum behind
+  depth_reach's marks, for the plain CNN; the third interior attempt (won by the width corner).
+* ``interior_stripes_spectral`` (34 px, 13 bands, 24 classes, N = 4800): **the interior known answer**,
+  for the plain CNN space (`benchmarks/spaces/plain_cnn.yaml`, base 8 channels, 3 layers, 24 px) with B0
+  deployed at 24 px, so n_p = 34: the proxies see the stored images, the base a 24 px copy. Label =
+  (signature, stripes or not). Width: 12 bands hold one of 12 orthonormal signatures under a per-image
+  nuisance spectrum (as width_spectral), constant over the image, so a network keeps as many linear
+  views of them as its first layer has channels: the base 8, 12 (all of them) from width share 0.5.
+  Resolution: a 13th, panchromatic band holds one-pixel stripes (contrast 3, pixel noise 0.3) or none.
+  They are clean only at the stored 34 px; any other size resamples them (antialiased bilinear) into a
+  moire whose contrast and phase vary across the image (a quick test measures the alternation: 60 grey
+  levels at 34 px, 6-28 at 24-48 px). The one network at 34 px on the budget band at phi 2 has 12
+  channels: shares 0 / 0.49 / 0.51. That a 4-epoch proxy learns the clean stripes and not the moire is
+  what the probes measured (not a construction): 0.84 and 0.81 there against at most 0.45 elsewhere.
 
 What the probes of the other sets showed (results/known-answer/corners/README.md, made with the official
 classifier init, the default before `init: fan_in`): none of those width or depth designs makes its
@@ -309,6 +323,31 @@ def interior_reach_spectral(
     return np.clip(128 + 20 * img, 0, 255).astype(np.uint8), labels.astype(np.int64)
 
 
+def interior_stripes_spectral(
+    n: int = 4800,
+    size: int = 34,
+    bands: int = 12,
+    snr: float = 3.0,
+    contrast: float = 3.0,
+    pixel: float = 0.3,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """width_spectral's spectrum (12 signatures in 12 bands: reading it needs 12 channels) and a 13th,
+    panchromatic band that holds one-pixel stripes or not (seen whole only at the stored 34 px): label =
+    (signature, stripes or not), 24 classes; the interior known answer (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.normal(size=(bands, bands)))
+    labels = rng.permutation(np.arange(n) % (2 * bands))
+    signature, striped = labels // 2, labels % 2
+    spectra = snr * basis[signature] + rng.normal(size=(n, bands))
+    cols = np.arange(size)[None, :].repeat(size, axis=0)
+    pattern = np.where(cols % 2 == 0, 1.0, -1.0)  # one-pixel stripes: a shift or a flip only changes its sign
+    fine = contrast * striped[:, None, None] * pattern[None] * rng.choice([-1.0, 1.0], size=(n, 1, 1))
+    img = np.concatenate([np.broadcast_to(spectra[:, None, None, :], (n, size, size, bands)), fine[..., None]], -1)
+    img = img + pixel * rng.normal(size=img.shape)
+    return np.clip(128 + 20 * img, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
 GENERATORS = {
     "width_spectral": width_spectral,
     "depth_reach": depth_reach,
@@ -319,6 +358,7 @@ GENERATORS = {
     "interior_texture_palette": interior_texture_palette,
     "interior_period3": interior_period3,
     "interior_reach_spectral": interior_reach_spectral,
+    "interior_stripes_spectral": interior_stripes_spectral,
 }
 INTENDED = {
     "width_spectral": "width",
@@ -330,6 +370,7 @@ INTENDED = {
     "interior_texture_palette": "interior",
     "interior_period3": "interior",
     "interior_reach_spectral": "interior",
+    "interior_stripes_spectral": "interior",
 }
 
 # The points probed: name -> (alpha, beta, gamma, phi). At phi 2 the coefficients ask for shares
@@ -350,11 +391,12 @@ HEADER = ["dataset", "init", "point", "seed", "d", "w", "r", "res", "acc_epochs"
 
 
 # The space each set is probed (and searched) in, and the resolution its target base is deployed at:
-# every set is stored at the size its proxy base should see, so the proxies see the stored images
-# (n_p = r_p x native / r_base = native). B0 deployed at 12 px (headroom 1 for the 12 px sets, 2 for
-# the 24 px interior ones); the plain CNN at the depth set's own 24 px.
+# the EfficientNet sets with B0 at 12 px (headroom 1 for the 12 px sets, 2 for the 24 px interior ones),
+# the plain CNN sets with their base at 24 px (headroom 1 for depth_reach, 34 / 24 for the stripes). The
+# proxies see the stored images (n_p = r_p x native / r_base = native), the proxy base its own size.
 PLAIN_CNN = ROOT / "benchmarks" / "spaces" / "plain_cnn.yaml"
-SPACES = {"depth_reach": (str(PLAIN_CNN), 24), "interior_reach_spectral": (str(PLAIN_CNN), 24)}
+PLAIN_SETS = ("depth_reach", "interior_reach_spectral", "interior_stripes_spectral")
+SPACES = {name: (str(PLAIN_CNN), 24) for name in PLAIN_SETS}
 DEFAULT_SPACE = ("efficientnet_b0", 12)
 
 

@@ -25,7 +25,7 @@ def corner_module():
 
 @pytest.mark.parametrize("name", ["width_spectral", "depth_reach", "width_palette", "width_templates", "depth_xor",
                                   "depth_samediff", "interior_texture_palette", "interior_period3",
-                                  "interior_reach_spectral"])  # fmt: skip
+                                  "interior_reach_spectral", "interior_stripes_spectral"])  # fmt: skip
 def test_generators_are_deterministic_balanced_and_sized_for_the_proxy(name):
     module = corner_module()
     generate = module.GENERATORS[name]
@@ -34,8 +34,10 @@ def test_generators_are_deterministic_balanced_and_sized_for_the_proxy(name):
     assert x.dtype == np.uint8 and y.dtype == np.int64 and len(x) == len(y) == 96
     assert np.array_equal(x, x2) and np.array_equal(y, y2)
     assert not np.array_equal(generate(n=96, seed=1)[0], x)
-    # No information above the proxy base's 12 px, except the interior set's resolution cue.
-    assert x.shape[1] == x.shape[2] == (24 if name.startswith("interior") or name == "depth_reach" else 12)
+    # No information above the proxy base's 12 px, except the interior sets' resolution cue; the plain CNN's
+    # sets at its base's 24 px, and the checkerboard one at 34 px (its resolution cue).
+    sizes = {"depth_reach": 24, "interior_stripes_spectral": 34}
+    assert x.shape[1] == x.shape[2] == sizes.get(name, 24 if name.startswith("interior") else 12)
     counts = np.bincount(y)
     assert counts.max() - counts.min() <= 1 if name != "depth_xor" else abs(counts[0] - counts[1]) < 30
 
@@ -79,6 +81,47 @@ def test_the_width_set_holds_its_class_in_more_dimensions_than_the_proxy_bases_f
 
     assert accuracy(4) < 0.6 < 0.85 < accuracy(16)  # 4 views lose much of what 16 keep
     assert accuracy(4) < accuracy(6) < accuracy(10) < accuracy(16)
+
+
+def test_the_stripes_set_is_clean_only_at_its_stored_size_and_needs_12_channels():
+    """interior_stripes_spectral by construction. Resolution: the panchromatic band's one-pixel stripes
+    alternate at full contrast only at the stored 34 px; resized as a proxy sees them (antialiased
+    bilinear) to any other size the proxies train, down or up, they become a moire of less than half
+    that alternation. Width: the signature lies in all 12 spectral bands, constant over the image; the
+    plain CNN's base keeps 8 linear views of them, a network of width share 0.5 (12 channels) all 12;
+    nearest class mean on k random views of the mean spectrum."""
+    import torch
+
+    from scalesearch.data.prep import _resize_chunks
+
+    module = corner_module()
+    x, y = module.interior_stripes_spectral(n=600)
+    assert x.shape[1:] == (34, 34, 13) and len(np.unique(y)) == 24
+    striped = y % 2 == 1
+    images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+    def alternation(resolution: int) -> float:
+        """How far a pixel of the pan band lies from the mean of its left and right neighbours."""
+        seen = images.numpy() if resolution == 34 else np.concatenate(list(_resize_chunks(images, resolution)))
+        pan = seen[:, -1].astype(float)
+        away = np.abs(pan[:, :, 1:-1] - (pan[:, :, :-2] + pan[:, :, 2:]) / 2).mean(axis=(1, 2))
+        return float(away[striped].mean() - away[~striped].mean())
+
+    clean = alternation(34)
+    assert clean > 50  # 3 x 20 grey levels: the stripes whole
+    for resolution in (24, 27, 30, 33, 35, 40, 48):  # the plain CNN's budget band at phi 2 spans 24-49 px
+        assert alternation(resolution) < 0.5 * clean, resolution
+    spectra = x[..., :12].astype(float).mean(axis=(1, 2))
+    signature = y // 2
+    rng = np.random.default_rng(0)
+    means = np.stack([spectra[:300][signature[:300] == k].mean(axis=0) for k in range(12)])
+
+    def accuracy(k: int) -> float:
+        views = np.linalg.qr(rng.normal(size=(12, k)))[0]
+        distances = ((spectra[300:] @ views)[:, None, :] - (means @ views)[None]) ** 2
+        return float((distances.sum(axis=-1).argmin(axis=1) == signature[300:]).mean())
+
+    assert accuracy(8) + 0.1 < accuracy(12)
 
 
 def plain_cnn_module():
@@ -146,17 +189,25 @@ def test_interior_attempt_is_won_by_the_resolution_corner_beyond_the_seed_spread
         assert margin > 3 * max(np.std(best, ddof=1), np.std(values, ddof=1), 0.01), point
 
 
-@pytest.mark.parametrize(("dimension", "name"), [("width", "width_spectral"), ("depth", "depth_reach")])
-def test_the_committed_probes_show_the_intended_corner_winning_on_every_seed(dimension, name):
-    """results/known-answer/<dimension>/probes.csv (fan_in, the default init): base, the three corners and the
-    balanced point, 2 seeds; the intended corner beats every other point on each seed, and on the mean by 0.1+."""
-    rows = [r for r in csv.DictReader((ROOT / "results" / "known-answer" / dimension / "probes.csv").open())
+@pytest.mark.parametrize(
+    ("folder", "name", "winner"),
+    [
+        ("width", "width_spectral", "width"),
+        ("depth", "depth_reach", "depth"),
+        ("interior", "interior_stripes_spectral", "width+resolution"),
+    ],
+)
+def test_the_committed_probes_show_the_intended_point_winning_on_every_seed(folder, name, winner):
+    """results/known-answer/<folder>/probes.csv (fan_in, the default init): base, the three corners and the
+    balanced point (and the interior set's edge midpoint), 2 seeds; the intended point beats every other
+    point on each seed, and on the mean by 0.1+."""
+    rows = [r for r in csv.DictReader((ROOT / "results" / "known-answer" / folder / "probes.csv").open())
             if r["dataset"] == name and r["init"] == "fan_in"]  # fmt: skip
     scores: dict[str, dict[int, float]] = {}
     for row in rows:
         scores.setdefault(row["point"], {})[int(row["seed"])] = float(row["final_val_accuracy"])
-    assert set(scores) >= {"base", "depth", "width", "resolution", "balanced"}
-    corner = scores.pop(dimension)
+    assert set(scores) >= {"base", "depth", "width", "resolution", "balanced", winner}
+    corner = scores.pop(winner)
     assert set(corner) >= {0, 1}
     for point, by_seed in scores.items():
         assert all(corner[seed] > by_seed[seed] for seed in corner), point

@@ -103,3 +103,42 @@ def test_search_finds_the_width_and_the_depth_corner(tmp_path, name, dimension):
                              "--confirm-seeds", "2")  # fmt: skip
     assert best["shares"][dimension] >= 0.6, best["shares"]
     assert best["coefficients_are"].startswith("realized")
+
+
+def test_the_committed_interior_searches_say_what_they_chose():
+    """results/known-answer/interior/searches.csv: the default search on the interior set, one row per seed;
+    where a search chose the answer (the edge midpoint, no share above 0.6) and where it did not."""
+    import csv
+
+    rows = list(csv.DictReader((ROOT / "results" / "known-answer" / "interior" / "searches.csv").open()))
+    assert {row["seed"] for row in rows} >= {"0", "1"}
+    for row in rows:
+        assert row["dataset"] == "interior_stripes_spectral" and row["intended"] == "interior"
+        shares = [float(row[f"share_{d}"]) for d in ("depth", "width", "resolution")]
+        assert float(row["intended_share"]) == max(shares)
+    chosen = {row["seed"]: max(float(row[f"share_{d}"]) for d in ("depth", "width", "resolution")) for row in rows}
+    assert chosen["0"] <= 0.6 and chosen["1"] <= 0.6
+
+
+@pytest.mark.slow
+def test_search_finds_the_interior_answer(tmp_path):
+    """The default search, whole (16 proposals, early stopping, 3 x 3 confirm trainings), on the interior set
+    in the plain CNN space: it must choose the edge midpoint that the first round (the corners and the
+    centre) does not train, i.e. the sampler must find it. Seed 0, as committed (about 5 min on 2 cores)."""
+    import numpy as np
+
+    module = corner_module()
+    name = "interior_stripes_spectral"
+    x, y = module.GENERATORS[name]()
+    np.savez(tmp_path / f"{name}.npz", x=x, y=y)
+    best = module.run_search(tmp_path / f"{name}.npz", tmp_path / "run", 0)
+    assert max(best["shares"].values()) <= 0.6, best["shares"]
+    first_round = [t for t in csv_rows(tmp_path / "run" / "trials.csv") if t["round"] == "0"]
+    assert best["network"] not in {t["network"] for t in first_round}
+
+
+def csv_rows(path):
+    import csv
+
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
