@@ -19,6 +19,16 @@
     python benchmarks/ground_truth.py --out results/ground-truth --runs results/default results/default-seed1
     python benchmarks/ground_truth.py --out results/ground-truth/official --recipe init=official  # the old init
     python benchmarks/ground_truth.py --stage report --runs results/default results/default-seed1
+
+`--space`, `--dataset` and `--base-resolution` make it the ground truth of the default search on other
+data, passed to the truth and the searches as `scalesearch search` takes them; the interior known
+answer's (results/known-answer/interior/truth, with that set's 4 searches):
+
+    python benchmarks/ground_truth.py --out results/known-answer/interior/truth \
+        --space benchmarks/spaces/plain_cnn.yaml --dataset npz:DIR/interior_stripes_spectral.npz \
+        --base-resolution 24 --search-seeds 0,1,2,3 \
+        --runs results/known-answer/interior/seed0 results/known-answer/interior/seed1 \
+               results/known-answer/interior/seed2 results/known-answer/interior/seed3
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from scalesearch.config.recipe import recipe_with_overrides
-from scalesearch.config.settings import SearchSettings
+from scalesearch.config.settings import SearchSettings, parse_base_resolution
 from scalesearch.config.spaces import DEFAULT_SPACE, load_space
 from scalesearch.data.datasets import load_dataset
 from scalesearch.execution.cluster import ray_session
@@ -52,14 +62,20 @@ TRUTH_COLUMNS = ["network", "seed", "share_depth", "share_width", "share_resolut
                  "flops_ratio", "final_val_accuracy", "val_accuracies", "seconds", "status", "error"]  # fmt: skip
 
 
-def default_settings(out: Path, concurrency: int, recipe: list[str]) -> SearchSettings:
-    """The settings `scalesearch search` runs with no flags (the default space's search: section), with
-    `--recipe KEY=VALUE` changes (`recipe`) as the search would take them."""
-    space = load_space(DEFAULT_SPACE)
+def default_settings(out: Path, concurrency: int, recipe: list[str], target: list[str]) -> SearchSettings:
+    """The settings `scalesearch search` runs with no flags but `target` (`--space`, `--dataset`,
+    `--base-resolution`, as given to this benchmark): the space's search: section, with `--recipe
+    KEY=VALUE` changes (`recipe`) as the search would take them."""
+    flags = dict(zip(target[::2], target[1::2]))
+    space = load_space(flags.get("--space", DEFAULT_SPACE))
     known = {f.name for f in fields(SearchSettings)}
     # base_resolution stays the space's to apply (with its own dataset), as `scalesearch search` leaves it.
     values = {k: v for k, v in space.search.items() if k in known and k != "base_resolution"}
     values.update(concurrency=concurrency, quiet=True, out=str(out))
+    if "--dataset" in flags:
+        values["dataset"] = flags["--dataset"]
+    if "--base-resolution" in flags:
+        values["base_resolution"] = parse_base_resolution(flags["--base-resolution"])
     return SearchSettings(space_path=space.path, recipe=recipe_with_overrides(space.recipe, recipe), **values)
 
 
@@ -78,9 +94,9 @@ def write_truth(path: Path, rows: list[dict[str, Any]]) -> None:
     write_text(path, buffer.getvalue())
 
 
-def train_truth(out: Path, seeds: list[int], concurrency: int, recipe: list[str]) -> None:
+def train_truth(out: Path, seeds: list[int], concurrency: int, recipe: list[str], target: list[str]) -> None:
     """Every network of the realizable set × seeds, skipping the (network, seed) pairs already saved."""
-    settings = default_settings(out / "truth-scratch", concurrency, recipe)
+    settings = default_settings(out / "truth-scratch", concurrency, recipe, target)
     space = load_space(settings.space_path)
     dataset = load_dataset(settings.dataset)
     view = data_view(space, dataset.native_size, settings.base_resolution, dataset=settings.dataset)
@@ -124,13 +140,13 @@ def search_folders(out: Path, seeds: list[int], runs: list[Path]) -> dict[int, P
     return {seed: given.get(seed, out / f"search-seed{seed}") for seed in seeds}
 
 
-def run_searches(folders: dict[int, Path], recipe: list[str]) -> None:
+def run_searches(folders: dict[int, Path], recipe: list[str], target: list[str]) -> None:
     """The default search once per seed (resumed where a folder holds an unfinished one)."""
     for seed, folder in folders.items():
         if (folder / "best.json").is_file():
             continue
         command = [sys.executable, "-m", "scalesearch", "search", "--seed", str(seed), "--out", str(folder),
-                   "--family-phis", "0-1", "--quiet", *(f"--recipe={r}" for r in recipe)]  # fmt: skip
+                   "--family-phis", "0-1", "--quiet", *(f"--recipe={r}" for r in recipe), *target]  # fmt: skip
         if (folder / "search.json").is_file():
             command.append("--resume")
         print(" ".join(command[1:]), flush=True)
@@ -264,16 +280,27 @@ def main() -> None:
     parser.add_argument("--runs", nargs="*", default=[], help="finished runs of the default search to count")
     parser.add_argument("--recipe", action="append", default=[], metavar="KEY=VALUE",
                         help="a recipe change for the truth and the searches alike, e.g. init=official")  # fmt: skip
+    parser.add_argument("--space", help="another space than the default's (its search: section applies)")
+    parser.add_argument("--dataset", help="another dataset than the space's")
+    parser.add_argument("--base-resolution", help="where B0 is deployed, as `scalesearch search` takes it")
     args = parser.parse_args()
+    target: list[str] = []  # the search's flags that pick what is searched, passed on as given
+    for flag, value in (
+        ("--space", args.space),
+        ("--dataset", args.dataset),
+        ("--base-resolution", args.base_resolution),
+    ):
+        if value is not None:
+            target += [flag, value]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     truth_seeds = [int(s) for s in args.truth_seeds.split(",")]
     search_seeds = [int(s) for s in args.search_seeds.split(",")]
     if args.stage in ("truth", "all"):
-        train_truth(out, truth_seeds, args.concurrency, args.recipe)
+        train_truth(out, truth_seeds, args.concurrency, args.recipe, target)
     folders = search_folders(out, search_seeds, [Path(run) for run in args.runs])
     if args.stage in ("searches", "all"):
-        run_searches(folders, args.recipe)
+        run_searches(folders, args.recipe, target)
     if args.stage in ("report", "all"):
         report(out, folders, len(truth_seeds))
 

@@ -14,8 +14,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUND_TRUTH = ROOT / "results" / "ground-truth"
-# The shipped recipe's (init: fan_in) and the one made before it (init: official), kept for comparison.
-FOLDERS = [GROUND_TRUTH, GROUND_TRUTH / "official"]
+# folder: (networks on the budget band, the searches' seeds). The default search's under the shipped
+# recipe (init: fan_in) and under the one before it (init: official), and the interior known answer's.
+TRUTHS = {
+    "fan_in": (GROUND_TRUTH, 131, [0, 1, 2, 3, 4]),
+    "official": (GROUND_TRUTH / "official", 131, [0, 1, 2, 3, 4]),
+    "interior": (ROOT / "results" / "known-answer" / "interior" / "truth", 40, [0, 1, 2, 3]),
+}
+FOLDERS = [folder for folder, _, _ in TRUTHS.values()]
 
 
 def ground_truth_module():
@@ -30,17 +36,17 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-@pytest.mark.parametrize("folder", FOLDERS, ids=["fan_in", "official"])
-def test_every_network_was_trained_with_every_seed(folder):
+@pytest.mark.parametrize(("folder", "networks", "seeds"), TRUTHS.values(), ids=TRUTHS.keys())
+def test_every_network_was_trained_with_every_seed(folder, networks, seeds):
     summary = json.loads((folder / "summary.json").read_text())
     rows = [r for r in read_csv(folder / "truth.csv") if r["status"] == "completed"]
     per_network = Counter(r["network"] for r in rows)
-    assert len(per_network) == summary["networks"] == 131
+    assert len(per_network) == summary["networks"] == networks
     assert set(per_network.values()) == {summary["seeds_per_network"]} == {3}
     assert sum(len(r["val_accuracies"].split(";")) for r in rows) == summary["grid_epochs"]
 
 
-@pytest.mark.parametrize("folder", FOLDERS, ids=["fan_in", "official"])
+@pytest.mark.parametrize("folder", FOLDERS, ids=TRUTHS.keys())
 def test_the_true_best_and_tie_region_follow_from_the_rows(folder):
     module = ground_truth_module()
     summary = json.loads((folder / "summary.json").read_text())
@@ -55,11 +61,11 @@ def test_the_true_best_and_tie_region_follow_from_the_rows(folder):
         assert (table[score.network]["in_tie_region"] == "True") == (score.network in decision.tied)
 
 
-@pytest.mark.parametrize("folder", FOLDERS, ids=["fan_in", "official"])
-def test_each_search_hit_is_read_from_its_own_run(folder):
+@pytest.mark.parametrize(("folder", "networks", "seeds"), TRUTHS.values(), ids=TRUTHS.keys())
+def test_each_search_hit_is_read_from_its_own_run(folder, networks, seeds):
     summary = json.loads((folder / "summary.json").read_text())
     hits = read_csv(folder / "hit_rate.csv")
-    assert [int(h["seed"]) for h in hits] == [0, 1, 2, 3, 4] and summary["searches"] == 5
+    assert [int(h["seed"]) for h in hits] == seeds and summary["searches"] == len(seeds)
     for hit in hits:
         best = json.loads((ROOT / hit["run"] / "best.json").read_text())
         assert best["network"] == hit["chosen"]
@@ -67,7 +73,7 @@ def test_each_search_hit_is_read_from_its_own_run(folder):
     assert summary["hits"] == sum(h["in_true_tie_region"] == "True" for h in hits)
 
 
-@pytest.mark.parametrize("folder", FOLDERS, ids=["fan_in", "official"])
+@pytest.mark.parametrize("folder", FOLDERS, ids=TRUTHS.keys())
 def test_a_search_and_the_grid_train_the_same_network_identically(folder):
     """The searches' confirm stage trains the true best with seeds the grid used too: the same number."""
     summary = json.loads((folder / "summary.json").read_text())
