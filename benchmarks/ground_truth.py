@@ -62,20 +62,19 @@ TRUTH_COLUMNS = ["network", "seed", "share_depth", "share_width", "share_resolut
                  "flops_ratio", "final_val_accuracy", "val_accuracies", "seconds", "status", "error"]  # fmt: skip
 
 
-def default_settings(out: Path, concurrency: int, recipe: list[str], target: list[str]) -> SearchSettings:
+def default_settings(out: Path, concurrency: int, recipe: list[str], target: dict[str, str]) -> SearchSettings:
     """The settings `scalesearch search` runs with no flags but `target` (`--space`, `--dataset`,
-    `--base-resolution`, as given to this benchmark): the space's search: section, with `--recipe
-    KEY=VALUE` changes (`recipe`) as the search would take them."""
-    flags = dict(zip(target[::2], target[1::2]))
-    space = load_space(flags.get("--space", DEFAULT_SPACE))
+    `--base-resolution` -> value, as given to this benchmark): the space's search: section, with
+    `--recipe KEY=VALUE` changes (`recipe`) as the search would take them."""
+    space = load_space(target.get("--space", DEFAULT_SPACE))
     known = {f.name for f in fields(SearchSettings)}
     # base_resolution stays the space's to apply (with its own dataset), as `scalesearch search` leaves it.
     values = {k: v for k, v in space.search.items() if k in known and k != "base_resolution"}
     values.update(concurrency=concurrency, quiet=True, out=str(out))
-    if "--dataset" in flags:
-        values["dataset"] = flags["--dataset"]
-    if "--base-resolution" in flags:
-        values["base_resolution"] = parse_base_resolution(flags["--base-resolution"])
+    if "--dataset" in target:
+        values["dataset"] = target["--dataset"]
+    if "--base-resolution" in target:
+        values["base_resolution"] = parse_base_resolution(target["--base-resolution"])
     return SearchSettings(space_path=space.path, recipe=recipe_with_overrides(space.recipe, recipe), **values)
 
 
@@ -94,7 +93,7 @@ def write_truth(path: Path, rows: list[dict[str, Any]]) -> None:
     write_text(path, buffer.getvalue())
 
 
-def train_truth(out: Path, seeds: list[int], concurrency: int, recipe: list[str], target: list[str]) -> None:
+def train_truth(out: Path, seeds: list[int], concurrency: int, recipe: list[str], target: dict[str, str]) -> None:
     """Every network of the realizable set × seeds, skipping the (network, seed) pairs already saved."""
     settings = default_settings(out / "truth-scratch", concurrency, recipe, target)
     space = load_space(settings.space_path)
@@ -140,13 +139,14 @@ def search_folders(out: Path, seeds: list[int], runs: list[Path]) -> dict[int, P
     return {seed: given.get(seed, out / f"search-seed{seed}") for seed in seeds}
 
 
-def run_searches(folders: dict[int, Path], recipe: list[str], target: list[str]) -> None:
+def run_searches(folders: dict[int, Path], recipe: list[str], target: dict[str, str]) -> None:
     """The default search once per seed (resumed where a folder holds an unfinished one)."""
     for seed, folder in folders.items():
         if (folder / "best.json").is_file():
             continue
         command = [sys.executable, "-m", "scalesearch", "search", "--seed", str(seed), "--out", str(folder),
-                   "--family-phis", "0-1", "--quiet", *(f"--recipe={r}" for r in recipe), *target]  # fmt: skip
+                   "--family-phis", "0-1", "--quiet", *(f"--recipe={r}" for r in recipe),
+                   *(f"{flag}={value}" for flag, value in target.items())]  # fmt: skip
         if (folder / "search.json").is_file():
             command.append("--resume")
         print(" ".join(command[1:]), flush=True)
@@ -284,14 +284,9 @@ def main() -> None:
     parser.add_argument("--dataset", help="another dataset than the space's")
     parser.add_argument("--base-resolution", help="where B0 is deployed, as `scalesearch search` takes it")
     args = parser.parse_args()
-    target: list[str] = []  # the search's flags that pick what is searched, passed on as given
-    for flag, value in (
-        ("--space", args.space),
-        ("--dataset", args.dataset),
-        ("--base-resolution", args.base_resolution),
-    ):
-        if value is not None:
-            target += [flag, value]
+    # The search's flags that pick what is searched, passed on as given.
+    given = {"--space": args.space, "--dataset": args.dataset, "--base-resolution": args.base_resolution}
+    target = {flag: value for flag, value in given.items() if value is not None}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     truth_seeds = [int(s) for s in args.truth_seeds.split(",")]

@@ -124,7 +124,7 @@ def test_the_committed_interior_searches_say_what_they_chose():
 def test_search_finds_the_interior_answer(tmp_path):
     """The default search, whole (16 proposals, early stopping, 3 x 3 confirm trainings), on the interior set
     in the plain CNN space: it must choose the edge midpoint that the first round (the corners and the
-    centre) does not train, i.e. the sampler must find it. Seed 0, as committed (about 5 min on 2 cores)."""
+    centre) does not train, i.e. the sampler must find it. Seed 0, as committed (2-5 min on 2 cores)."""
     import numpy as np
 
     module = corner_module()
